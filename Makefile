@@ -1,0 +1,30 @@
+# `make search` and `make test` are the two commands a fresh machine needs:
+# each creates .venv and installs samtune (pinned by constraints.txt) first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install search test bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+search: $(STAMP)
+	$(BIN)/samtune search
+	$(BIN)/samtune report --experiment samtune-default --out reports/samtune-default
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/sharpness.py
+	$(BIN)/python benchmarks/search_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

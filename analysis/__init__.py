@@ -1,0 +1,1 @@
+"""Sharpness-generalization analysis over MLflow trials."""
