@@ -83,7 +83,7 @@ class TrialConfig(BaseModel):
         _check_choice("model", self.model, MODEL_NAMES)
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device = {self.device!r}: allowed are auto, cpu, cuda, cuda:N")
-        if self.sharpness is not None:
+        if self.sharpness:
             from samtune.sharpness import MEASURES
 
             for name in self.sharpness:

@@ -1,0 +1,153 @@
+"""The plain-language summary that opens a report: what the fits say, with caveats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import schema
+
+# |partial r| below this counts as "explained by training loss"
+WEAK_PARTIAL = 0.2
+
+
+@dataclass(frozen=True)
+class SummaryInputs:
+    experiment: str
+    search_run_id: str | None
+    n_usable: int
+    excluded: dict[str, int]          # excluded trials per status
+    axes: Sequence[str]
+    seeds: int                        # distinct seeds among usable trials
+    fits: pd.DataFrame
+    confidence_level: float
+
+
+def _ci(row: pd.Series, low: str, high: str) -> str:
+    if not (np.isfinite(row[low]) and np.isfinite(row[high])):
+        return "CI not available"
+    return f"CI {row[low]:.2f} to {row[high]:.2f}"
+
+
+def _excludes_zero(row: pd.Series) -> bool:
+    return bool(row["kendall_ci_low"] > 0 or row["kendall_ci_high"] < 0)
+
+
+def data_paragraph(inputs: SummaryInputs) -> str:
+    source = f"experiment “{inputs.experiment}”"
+    if inputs.search_run_id:
+        source += f" (search run {inputs.search_run_id})"
+    text = f"This report covers {inputs.n_usable} usable trials of {source}."
+    dropped = sum(inputs.excluded.values())
+    if dropped:
+        parts = ", ".join(f"{n} {status}" for status, n in inputs.excluded.items())
+        text += (f" {dropped} trials were left out of every fit ({parts}); "
+                 "“completed” ones among them lacked final metrics.")
+    axes = ", ".join(inputs.axes) if inputs.axes else "none"
+    text += f" Hyperparameters that vary across the trials: {axes}."
+    if inputs.seeds > 1:
+        text += f" Each setting was run with up to {inputs.seeds} seeds."
+    return text
+
+
+def headline_paragraph(fits: pd.DataFrame, target: str, level: float) -> str:
+    rows = fits[(fits["target"] == target) & np.isfinite(fits["kendall_tau"].astype(float))]
+    if rows.empty:
+        return f"No measure could be fitted against {target}."
+    rows = rows.assign(strength=rows["kendall_tau"].abs()).sort_values("strength", ascending=False)
+    best = rows.iloc[0]
+    direction = "higher" if best["kendall_tau"] > 0 else "lower"
+    text = (f"Against {target}, the measure whose ranking agrees best is {best['measure']}: "
+            f"Kendall τ = {best['kendall_tau']:.2f} ({level:.0%} {_ci(best, 'kendall_ci_low', 'kendall_ci_high')}, "
+            f"n = {int(best['n'])}); trials with a larger {best['measure']} tend to have a {direction} {target}.")
+    if np.isfinite(best["ols_slope"]):
+        text += (f" A tenfold larger {best['measure']} goes with a change of {best['ols_slope'] * np.log(10):+.3g} "
+                 f"in {target} ({_ci_scaled(best)}; R² = {best['r2']:.2f}).")
+    reliable = [m for m, (_, r) in zip(rows["measure"], rows.iterrows()) if _excludes_zero(r)]
+    unclear = [m for m in rows["measure"] if m not in reliable]
+    if reliable:
+        text += f" τ's CI excludes zero for: {', '.join(reliable)}."
+    if unclear:
+        text += f" It overlaps zero (no reliable association at this n) for: {', '.join(unclear)}."
+    return text
+
+
+def _ci_scaled(row: pd.Series) -> str:
+    low, high = row["ols_slope_ci_low"] * np.log(10), row["ols_slope_ci_high"] * np.log(10)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "CI not available"
+    return f"CI {low:+.3g} to {high:+.3g}"
+
+
+def confounding_paragraph(fits: pd.DataFrame, target: str) -> str:
+    rows = fits[(fits["target"] == target) & np.isfinite(fits["partial_r"].astype(float))]
+    if rows.empty:
+        return (f"The partial correlation controlling for {schema.CONTROL} is not available, so part of "
+                "any association may only reflect how well each trial fit its training set.")
+    explained = [r["measure"] for _, r in rows.iterrows()
+                 if abs(r["partial_r"]) < WEAK_PARTIAL and abs(r["kendall_tau"]) >= WEAK_PARTIAL]
+    kept = [f"{r['measure']} (r = {r['partial_r']:.2f})" for _, r in rows.iterrows()
+            if abs(r["partial_r"]) >= WEAK_PARTIAL]
+    text = f"Holding {schema.CONTROL} fixed (partial Spearman correlation): "
+    text += f"an association remains for {', '.join(kept)}." if kept else "no measure keeps |r| ≥ 0.2."
+    if explained:
+        text += (f" For {', '.join(explained)} it mostly disappears: their link with {target} is "
+                 "largely explained by training loss.")
+    return text
+
+
+def hyperparameter_paragraph(fits: pd.DataFrame, target: str) -> str:
+    rows = fits[(fits["target"] == target) & np.isfinite(fits["r2_hparams_measure"].astype(float))]
+    if rows.empty:
+        notes = fits.loc[fits["target"] == target, "notes"].dropna()
+        reason = next((n.split("hyperparameter regression: ")[1] for n in notes
+                       if "hyperparameter regression: " in n), "no hyperparameter varies")
+        return f"The regression on the searched hyperparameters is not available ({reason})."
+    best = rows.assign(gain=rows["r2_hparams_measure"] - rows["r2_hparams"]).sort_values("gain").iloc[-1]
+    text = (f"The searched hyperparameters alone explain R² = {best['r2_hparams']:.2f} of {target}; "
+            f"adding {best['measure']} raises it to {best['r2_hparams_measure']:.2f}")
+    if np.isfinite(best["hparams_shrink"]):
+        text += (f", and the hyperparameters' coefficients shrink by {best['hparams_shrink']:.0%} "
+                 "(the share of their effect that runs through this measure).")
+    else:
+        text += " (coefficients not identified: see the notes column)."
+    return text
+
+
+def granulated_paragraph(fits: pd.DataFrame, target: str) -> str:
+    rows = fits[fits["target"] == target]
+    available = rows[np.isfinite(rows["granulated_psi"].astype(float))]
+    if available.empty:
+        return ("The granulated Kendall Ψ and the sign-error need trials that differ in one searched "
+                "hyperparameter only; these trials have none (typical of TPE/random search; a grid "
+                "search gives such pairs), so they are not available.")
+    best = available.sort_values("granulated_psi").iloc[-1]
+    return (f"Over trials that differ in one hyperparameter only ({int(best['one_axis_pairs'])} pairs), "
+            f"{best['measure']} has the highest granulated Kendall Ψ = {best['granulated_psi']:.2f}, with a "
+            f"mean sign-error of {best['sign_error_mean']:.2f} and a worst case of "
+            f"{best['sign_error_worst']:.2f} (0 = always ordered like {target}, 0.5 = chance).")
+
+
+def caveats_paragraph(inputs: SummaryInputs) -> str:
+    text = (f"Caveats: with {inputs.n_usable} trials the intervals are wide, and a τ whose CI overlaps "
+            "zero is not evidence of a relationship. These are correlations across trials: the "
+            "hyperparameters move both sharpness and test error, so they do not show that flatness "
+            "causes generalization. p-values are not corrected for testing many measures and targets.")
+    if (inputs.fits["one_axis_pairs"].fillna(0) < 10).all():
+        text += " Few or no one-axis pairs exist, so Ψ and the sign-error rest on little data."
+    return text
+
+
+def summarize(inputs: SummaryInputs, targets: Sequence[str]) -> list[str]:
+    """Paragraphs, primary target (the first) first."""
+    primary = targets[0]
+    paragraphs = [data_paragraph(inputs), headline_paragraph(inputs.fits, primary, inputs.confidence_level),
+                  confounding_paragraph(inputs.fits, primary), hyperparameter_paragraph(inputs.fits, primary),
+                  granulated_paragraph(inputs.fits, primary)]
+    for target in targets[1:]:
+        paragraphs.append(headline_paragraph(inputs.fits, target, inputs.confidence_level))
+    paragraphs.append(caveats_paragraph(inputs))
+    return paragraphs

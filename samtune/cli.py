@@ -1,0 +1,154 @@
+"""``samtune train | search | sharpness | report | ui``.
+
+Heavy libraries are imported inside each command so ``samtune --help`` is quick.
+A configuration mistake exits with status 2 and one message naming the key,
+the value and what is allowed, before anything is launched or recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from samtune.config import ConfigError
+
+DEFAULT_SPACE = "default"
+
+
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samtune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run one trial and record it in MLflow")
+    p.add_argument("--config", help="YAML file: trial keys, or a search spec whose `trial` is used")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trial parameter (repeatable)")
+    p.add_argument("--experiment", default="samtune-train", help="MLflow experiment name")
+    _add_tracking(p)
+
+    p = sub.add_parser("search", help="run a schedule search on Ray Tune")
+    p.add_argument("space", nargs="?", default=DEFAULT_SPACE,
+                   help="search-space YAML (default: the embedded digits search)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a top-level spec key or trial.KEY (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved space and sampled configs")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted search")
+    p.add_argument("--address", default=None, help="attach to a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--storage", default=None, help="Ray storage path (shared folder or URI)")
+    _add_tracking(p)
+
+    p = sub.add_parser("sharpness", help="measure sharpness of a saved trial")
+    p.add_argument("source", help="MLflow run id or checkpoint path")
+    p.add_argument("--measures", default=None, help="comma-separated measure names (default: all defaults)")
+    p.add_argument("--device", default="auto")
+    _add_tracking(p)
+
+    p = sub.add_parser("report", help="sharpness-generalization report over a search's trials")
+    p.add_argument("--experiment", default="samtune-default")
+    p.add_argument("--search", default=None, help="parent run id of one search (default: all trials)")
+    p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
+    _add_tracking(p)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over a store")
+    p.add_argument("--port", type=int, default=5000)
+    _add_tracking(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "search": cmd_search, "sharpness": cmd_sharpness,
+               "report": cmd_report, "ui": cmd_ui}[args.command]
+    try:
+        return handler(args) or 0
+    except ConfigError as err:
+        print(f"samtune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"samtune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# -- train ----------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from samtune.config import load_trial_config
+
+    config = load_trial_config(args.config, args.set)  # validated before anything starts
+    from samtune import trial_runner
+
+    return trial_runner.run_cli_trial(config, experiment=args.experiment, tracking_uri=args.tracking_uri)
+
+
+# -- search ---------------------------------------------------------------------
+def cmd_search(args) -> int:
+    from samtune import spec as spec_module
+
+    spec = spec_module.load_search_spec(args.space, args.set)
+    if args.dry_run:
+        print(spec_module.describe(spec))
+        return 0
+    from samtune import search
+
+    return search.run_search(spec, tracking_uri=args.tracking_uri, address=args.address,
+                             storage=args.storage, resume=args.resume)
+
+
+# -- sharpness ------------------------------------------------------------------
+def cmd_sharpness(args) -> int:
+    from samtune import trial_runner
+
+    names = tuple(n for n in args.measures.split(",") if n) if args.measures else None
+    values = trial_runner.measure_saved_trial(args.source, names=names, device=args.device,
+                                              tracking_uri=args.tracking_uri)
+    width = max(map(len, values), default=10)
+    for name, value in values.items():
+        print(f"{name:<{width}}  {value:.6g}")
+    return 0
+
+
+# -- report ---------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from analysis import NotEnoughTrials
+    from analysis.report import build_report
+    from samtune.tracking import resolve_tracking_uri
+
+    out = Path(args.out or Path("reports") / args.experiment)
+    try:
+        result = build_report(args.experiment, tracking_uri=resolve_tracking_uri(args.tracking_uri),
+                              search_run_id=args.search, out_dir=out)
+    except NotEnoughTrials as err:
+        print(f"samtune report: {err}", file=sys.stderr)
+        return 1
+    print(result.summary)
+    print(f"\nreport: {out / 'report.html'}  (also report.md, trials.csv, fits.csv, figures/)")
+    return 0
+
+
+# -- ui -------------------------------------------------------------------------
+def cmd_ui(args) -> int:
+    from samtune.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("http"):
+        print(f"{uri} is a tracking server already: open it in a browser")
+        return 0
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    print(f"MLflow UI on http://127.0.0.1:{args.port}  (store {uri}); Ctrl-C stops it")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

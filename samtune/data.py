@@ -1,0 +1,566 @@
+"""Data sets held as device tensors, and a loader whose batch size can change every epoch.
+
+A trial loads its data set once (`load_dataset`) into a `TensorData`: float32 images,
+NCHW, already normalized per channel, plus int64 labels, all on the trial's device.
+Float32 rather than uint8 costs 4x the memory (CIFAR: 0.6 GB train, Tiny-ImageNet:
+4.9 GB) but means every consumer (training, evaluation, sharpness measures through
+`fixed_batches`) receives model-ready tensors and no code path can forget to normalize.
+
+`DeviceLoader` then yields slices of a per-epoch permutation, with random crop and
+horizontal flip done as batched tensor ops on the data's device, the way
+airbench's `CifarLoader` (KellerJordan/airbench, `batch_crop`, `batch_flip_lr`) does
+it: no worker processes, no per-sample Python. Its `batch_size` is a plain attribute
+read when an epoch starts, which is what an increasing-batch schedule needs
+(Harada & Iiduka 2024 rebuild a DataLoader per stage instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AUGMENTS = ("none", "crop_flip")
+PAD_MODES = ("constant", "reflect")
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+# Per-channel statistics of the training sets, as used by the reference code:
+# CIFAR-100 values from iiduka-researches/GSAM_batch_inc (seed_facts C2); CIFAR-10 are the
+# population std of the train set (not the often-copied per-image 0.2023/0.1994/0.2010);
+# Tiny-ImageNet are its train-set statistics, in wide use since the CS231n release.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+
+DOWNLOAD_HINT = "pass download=True to load_dataset (CLI: --set download=true)"
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A data set is not where it was looked for; the message says where and how to get it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorData:
+    """One data set, both splits, as tensors on one device.
+
+    Images are float32 NCHW with x = (pixel/255 - mean[c]) / std[c] (digits: pixel/16);
+    labels are int64 in [0, num_classes). `augment` is the set's default training
+    augmentation and `pad` the crop padding it uses (image_size // 8: 4 for 32x32
+    CIFAR, 8 for 64x64 Tiny-ImageNet, the same relative shift).
+    """
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    augment: str
+    pad: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+    @property
+    def pad_fill(self) -> tuple[float, ...]:
+        """Per-channel value of a black pixel after normalization, (0 - mean) / std.
+
+        Padding with it reproduces torchvision's RandomCrop(padding=p), which pads the
+        un-normalized image with zeros before Normalize (Harada's and Khanh's pipelines).
+        """
+        return tuple(-m / s for m, s in zip(self.mean, self.std))
+
+    def to(self, device: str | torch.device) -> TensorData:
+        """The same data set with its four tensors on `device`."""
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
+
+    def train_loader(self, *, batch_size: int, seed: int, augment: str | None = None) -> DeviceLoader:
+        """Shuffled training loader with drop_last and this set's augmentation settings."""
+        return DeviceLoader(
+            self.train_x, self.train_y, batch_size=batch_size, shuffle=True, drop_last=True,
+            augment=self.augment if augment is None else augment,
+            pad=self.pad, fill=self.pad_fill, seed=seed,
+        )
+
+    def eval_loader(self, split: str, *, batch_size: int) -> DeviceLoader:
+        """In-order loader over every example of `split` ("train" or "test"), no augmentation."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        return DeviceLoader(x, y, batch_size=batch_size, shuffle=False, drop_last=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Augmentation: random crop with padding + horizontal flip, batched
+
+
+class EpochPlan(NamedTuple):
+    """Everything random about one epoch, indexed by position in the epoch.
+
+    order[k] is the example at position k; top[k], left[k] in [0, 2*pad] are its crop
+    offsets in the padded image and flip[k] whether it is mirrored (None without
+    augmentation). Drawn for all n positions, so the plan does not depend on batch size.
+    """
+
+    order: Tensor | None
+    top: Tensor | None
+    left: Tensor | None
+    flip: Tensor | None
+
+
+def draw_epoch_plan(
+    n: int, *, shuffle: bool, augment: str, pad: int, generator: torch.Generator
+) -> EpochPlan:
+    """Draw one epoch's permutation, crop offsets and flip flags from a CPU `generator`.
+
+    Drawing on the CPU keeps the batches identical on every device for a given seed.
+    """
+    order = torch.randperm(n, generator=generator) if shuffle else None
+    if augment == "none":
+        return EpochPlan(order, None, None, None)
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    return EpochPlan(order, top, left, flip)
+
+
+def crop_flip(
+    x: Tensor,
+    top: Tensor,
+    left: Tensor,
+    flip: Tensor,
+    *,
+    pad: int,
+    pad_mode: str = "constant",
+    fill: float | Sequence[float] = 0.0,
+) -> Tensor:
+    """Per-sample crop of the padded batch, then mirror, in one gather.
+
+    With P = x padded by `pad` on every side (constant `fill`, per channel if a
+    sequence, or reflection), out[b, c, i, j] = P[b, c, top[b] + i, left[b] + j'] where
+    j' = W - 1 - j if flip[b] else j. This is torchvision's RandomCrop(size, padding=pad)
+    followed by RandomHorizontalFlip with the offsets and flags given.
+    """
+    _, _, height, width = x.shape
+    padded = pad_images(x, pad, pad_mode=pad_mode, fill=fill)
+    device = x.device
+    rows = top.to(device)[:, None] + torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    cols = left.to(device)[:, None] + torch.where(flip.to(device)[:, None], cols.flip(0), cols)
+    batch = torch.arange(x.shape[0], device=device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def pad_images(
+    x: Tensor, pad: int, *, pad_mode: str = "constant", fill: float | Sequence[float] = 0.0
+) -> Tensor:
+    """Pad an NCHW batch by `pad` pixels on each side with `fill` (scalar or per channel) or reflection."""
+    if pad == 0:
+        return x
+    if pad_mode == "reflect":
+        return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    if isinstance(fill, (int, float)):
+        return F.pad(x, (pad, pad, pad, pad), value=float(fill))
+    if len(fill) != x.shape[1]:
+        raise ValueError(f"fill must have one value per channel ({x.shape[1]}), got {tuple(fill)!r}")
+    batch, channels, height, width = x.shape
+    fill_values = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, channels, 1, 1)
+    padded = fill_values.expand(batch, channels, height + 2 * pad, width + 2 * pad).clone()
+    padded[:, :, pad : pad + height, pad : pad + width] = x
+    return padded
+
+
+# ---------------------------------------------------------------------------------------
+# Loader
+
+
+class DeviceLoader:
+    """Iterate (x, y) batches of tensors that already sit on their device.
+
+    Each `iter()` is one epoch: it draws an `EpochPlan` from the loader's own seeded
+    CPU generator and yields consecutive slices of it. `batch_size` may be set between
+    epochs; the permutation and augmentation of an epoch do not depend on it.
+    drop_last=True (training, as in Harada's code) drops the final partial batch;
+    shuffle=False, drop_last=False covers every example once, in order.
+
+    `state_dict()` holds the generator state and the epoch count. Taken between
+    epochs, it makes a restored loader yield exactly the batches the original would
+    have; taken during an epoch, it resumes at the next one (the current epoch's
+    randomness was drawn when it started).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        augment: str = "none",
+        pad: int = 4,
+        pad_mode: str = "constant",
+        fill: float | Sequence[float] = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if augment == "crop_flip" and x.dim() != 4:
+            raise ValueError(f"augment='crop_flip' needs NCHW images, got x of shape {tuple(x.shape)}")
+        if not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if pad_mode == "reflect" and augment == "crop_flip" and pad >= min(x.shape[-2:]):
+            raise ValueError(f"pad must be smaller than the image for pad_mode='reflect', got {pad!r}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.augment, self.pad, self.pad_mode, self.fill = augment, pad, pad_mode, fill
+        self.epoch = 0
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {value!r}")
+        self._batch_size = value
+
+    def __len__(self) -> int:
+        """Number of batches in an epoch at the current batch size."""
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n_batches = len(self)
+        if n_batches == 0 and len(self.x) > 0:
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds the {len(self.x)} examples: "
+                "with drop_last=True an epoch would have no batches"
+            )
+        # Drawn now, not lazily, so that state_dict() after iter() already covers this epoch.
+        plan = draw_epoch_plan(
+            len(self.x), shuffle=self.shuffle, augment=self.augment, pad=self.pad,
+            generator=self._generator,
+        )
+        self.epoch += 1
+        return self._batches(plan, self.batch_size, n_batches)
+
+    def _batches(self, plan: EpochPlan, batch_size: int, n_batches: int):
+        device = self.x.device
+        order = None if plan.order is None else plan.order.to(device)
+        for k in range(n_batches):
+            start, stop = k * batch_size, min((k + 1) * batch_size, len(self.x))
+            if order is None:
+                xb, yb = self.x[start:stop], self.y[start:stop]
+            else:
+                index = order[start:stop]
+                xb, yb = self.x[index], self.y[index]
+            if plan.top is not None:
+                xb = crop_flip(
+                    xb, plan.top[start:stop], plan.left[start:stop], plan.flip[start:stop],
+                    pad=self.pad, pad_mode=self.pad_mode, fill=self.fill,
+                )
+            yield xb, yb
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"generator", "epoch"} - set(state)
+        if missing:
+            raise ValueError(f"loader state is missing keys {sorted(missing)}, got keys {sorted(state)}")
+        self._generator.set_state(state["generator"].cpu())
+        self.epoch = int(state["epoch"])
+
+
+def fixed_batches(x: Tensor, y: Tensor, *, n_examples: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """The first `n_examples` examples in data-set order, unaugmented, in batches of `batch_size`.
+
+    The sharpness evaluation set of tml-epfl/sharpness-vs-generalization (seed_facts C1:
+    first 1024 training examples, batches of 128). A final partial batch is kept.
+    """
+    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or not 1 <= n_examples <= len(x):
+        raise ValueError(f"n_examples must be an int in [1, {len(x)}], got {n_examples!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    bounds = [(start, min(start + batch_size, n_examples)) for start in range(0, n_examples, batch_size)]
+    return [(x[start:stop], y[start:stop]) for start, stop in bounds]
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets
+
+
+def data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Folder that holds the data sets: `root`, else $SAMTUNE_DATA, else ./data (relative to the cwd)."""
+    return Path(root if root is not None else os.environ.get("SAMTUNE_DATA", "data")).expanduser()
+
+
+def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of an NCHW batch."""
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3), correction=0)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _to_unit_float(images: np.ndarray | Tensor) -> Tensor:
+    """uint8 NHWC images -> contiguous float32 NCHW in [0, 1]."""
+    images = torch.as_tensor(images)
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255)
+
+
+def _normalize_(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """In place: x[:, c] = (x[:, c] - mean[c]) / std[c]."""
+    shape = (1, len(mean), 1, 1)
+    return x.sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
+
+
+def _image_data(
+    name: str,
+    train: Tensor,
+    train_y: Sequence[int],
+    test: Tensor,
+    test_y: Sequence[int],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    classes: Sequence[str],
+    augment: str = "crop_flip",
+) -> TensorData:
+    """TensorData from [0, 1] float NCHW splits, normalized in place with `mean`/`std`."""
+    _, channels, height, width = train.shape
+    if height != width or test.shape[1:] != train.shape[1:]:
+        raise ValueError(
+            f"{name}: images must be square and the same size in both splits, got train "
+            f"{tuple(train.shape[1:])} and test {tuple(test.shape[1:])} (C, H, W)"
+        )
+    return TensorData(
+        name=name,
+        train_x=_normalize_(train, mean, std),
+        train_y=torch.as_tensor(np.asarray(train_y), dtype=torch.int64),
+        test_x=_normalize_(test, mean, std),
+        test_y=torch.as_tensor(np.asarray(test_y), dtype=torch.int64),
+        num_classes=len(classes),
+        in_channels=channels,
+        image_size=height,
+        augment=augment,
+        pad=height // 8,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        classes=tuple(classes),
+    )
+
+
+def _read_rgb(paths: Sequence[str]) -> np.ndarray:
+    """Decode image files into one uint8 (N, H, W, 3) array; every image must have the same size.
+
+    Uses torchvision's ImageFolder loader (PIL). torchvision.io.decode_jpeg on a list is
+    about 2x faster on small JPEGs but is deprecated since torchvision 0.29.
+    """
+    from torchvision.datasets.folder import pil_loader
+
+    first = np.asarray(pil_loader(paths[0]))
+    images = np.empty((len(paths), *first.shape), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        image = np.asarray(pil_loader(path))
+        if image.shape != first.shape:
+            raise ValueError(
+                f"all images must have the same size: {paths[0]} is {first.shape[1]}x{first.shape[0]}, "
+                f"{path} is {image.shape[1]}x{image.shape[0]} (WxH); resize the folder first"
+            )
+        images[i] = image
+    return images
+
+
+def _load_digits(root: Path, download: bool) -> TensorData:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), no download needed.
+
+    Pixels are divided by 16 (their maximum) and standardized with the mean and std of all
+    training pixels. The stratified 75/25 split uses random_state=0, whatever the trial
+    seed, so every trial sees the same test set. Default augmentation is "none": a
+    mirrored digit is a different symbol or none.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    pixels = bunch.data / 16.0
+    train, test, train_y, test_y = train_test_split(
+        pixels, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
+    )
+    mean, std = float(train.mean()), float(train.std())
+    as_images = lambda a: torch.as_tensor(a, dtype=torch.float32).view(-1, 1, 8, 8)  # noqa: E731
+    return _image_data(
+        "digits", as_images(train), train_y, as_images(test), test_y,
+        mean=(mean,), std=(std,), classes=[str(d) for d in range(10)], augment="none",
+    )
+
+
+def _load_cifar(name: str, class_name: str, root: Path, download: bool, mean, std) -> TensorData:
+    """CIFAR-10/100 in torchvision's on-disk format, read by torchvision.datasets (md5-checked)."""
+    from torchvision import datasets
+
+    dataset_cls = getattr(datasets, class_name)
+    folder = root / dataset_cls.base_folder
+    if not download and not folder.is_dir():
+        raise DatasetNotFound(
+            f"{name} not found: looked for {folder} (torchvision's {class_name} format). "
+            f"To download it into {root}, {DOWNLOAD_HINT}; or point root / $SAMTUNE_DATA at "
+            f"the folder that contains {dataset_cls.base_folder}."
+        )
+    try:
+        train = dataset_cls(str(root), train=True, download=download)
+        test = dataset_cls(str(root), train=False, download=False)
+    except RuntimeError as err:  # torchvision's "not found or corrupted" (failed md5 check)
+        raise DatasetNotFound(
+            f"{name} at {folder} is incomplete or corrupted ({err}). Delete {folder} and {DOWNLOAD_HINT}."
+        ) from err
+    return _image_data(
+        name, _to_unit_float(train.data), train.targets, _to_unit_float(test.data), test.targets,
+        mean=mean, std=std, classes=train.classes,
+    )
+
+
+def _load_cifar10(root: Path, download: bool) -> TensorData:
+    return _load_cifar("cifar10", "CIFAR10", root, download, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _load_cifar100(root: Path, download: bool) -> TensorData:
+    return _load_cifar("cifar100", "CIFAR100", root, download, CIFAR100_MEAN, CIFAR100_STD)
+
+
+def _tiny_imagenet_val(val_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, label) pairs from val/val_annotations.txt: `file<TAB>wnid<TAB>box...` per line."""
+    samples = []
+    for line_number, line in enumerate((val_dir / "val_annotations.txt").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        file_name, wnid = line.split("\t")[:2]
+        if wnid not in class_to_idx:
+            raise ValueError(
+                f"{val_dir / 'val_annotations.txt'} line {line_number}: class {wnid!r} has no train folder"
+            )
+        samples.append((str(val_dir / "images" / file_name), class_to_idx[wnid]))
+    return samples
+
+
+def _load_tiny_imagenet(root: Path, download: bool) -> TensorData:
+    """Tiny-ImageNet-200: train/<wnid>/images/*.JPEG (100k), val/images + val_annotations.txt (10k).
+
+    The labelled val split serves as the test split (the official test split has no labels).
+    Grayscale JPEGs are converted to RGB. Crop padding is 8 (image_size // 8).
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    folder = root / "tiny-imagenet-200"
+    train_dir, val_dir = folder / "train", folder / "val"
+    if not train_dir.is_dir() or not (val_dir / "val_annotations.txt").is_file():
+        raise DatasetNotFound(
+            f"tiny-imagenet not found: looked for {train_dir} and {val_dir / 'val_annotations.txt'}. "
+            f"It has no automatic download: fetch {TINY_IMAGENET_URL} and unzip it into {root} "
+            f"(giving {folder}), or point root / $SAMTUNE_DATA at the folder that contains tiny-imagenet-200."
+        )
+    classes, class_to_idx = find_classes(str(train_dir))
+    train = make_dataset(str(train_dir), class_to_idx, extensions=IMG_EXTENSIONS)
+    test = _tiny_imagenet_val(val_dir, class_to_idx)
+    return _image_data(
+        "tiny-imagenet",
+        _to_unit_float(_read_rgb([p for p, _ in train])), [c for _, c in train],
+        _to_unit_float(_read_rgb([p for p, _ in test])), [c for _, c in test],
+        mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD, classes=classes,
+    )
+
+
+def load_imagefolder(path: str | os.PathLike[str]) -> TensorData:
+    """A folder in torchvision's ImageFolder layout, `train/<class>/*` and `test/<class>/*`.
+
+    Every image is decoded once (as RGB) into memory; all must have the same square size.
+    Classes are the train sub-folders in sorted order (as ImageFolder numbers them);
+    normalization uses the per-channel mean and std of the train split. Default
+    augmentation is crop_flip with padding image_size // 8.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    folder = Path(path).expanduser()
+    train_dir, test_dir = folder / "train", folder / "test"
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise DatasetNotFound(
+            f"no image folder at {folder}: expected {train_dir}/<class>/* and {test_dir}/<class>/* "
+            "(torchvision ImageFolder layout)"
+        )
+    classes, class_to_idx = find_classes(str(train_dir))
+    unknown = sorted(set(find_classes(str(test_dir))[0]) - set(classes))
+    if unknown:
+        raise ValueError(f"{test_dir} has classes with no train folder: {unknown}; train classes are {classes}")
+    train = make_dataset(str(train_dir), class_to_idx, extensions=IMG_EXTENSIONS)
+    test = make_dataset(str(test_dir), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not test:
+        raise DatasetNotFound(f"no images with extensions {IMG_EXTENSIONS} under {test_dir}")
+    train_x = _to_unit_float(_read_rgb([p for p, _ in train]))
+    mean, std = _channel_stats(train_x)
+    return _image_data(
+        f"{IMAGEFOLDER_PREFIX}{path}",
+        train_x, [c for _, c in train],
+        _to_unit_float(_read_rgb([p for p, _ in test])), [c for _, c in test],
+        mean=mean, std=std, classes=classes,
+    )
+
+
+DATASETS: dict[str, Callable[[Path, bool], TensorData]] = {
+    "digits": _load_digits,
+    "cifar10": _load_cifar10,
+    "cifar100": _load_cifar100,
+    "tiny-imagenet": _load_tiny_imagenet,
+}
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    download: bool = False,
+) -> TensorData:
+    """Load a data set by name onto `device`.
+
+    `name` is a key of DATASETS (looked up under `data_root(root)`) or
+    "imagefolder:<path>" (a relative path is taken from the current directory, so give
+    an absolute one to Ray workers, which run in their trial directories). Only CIFAR can
+    be downloaded, and only with download=True. A missing set raises DatasetNotFound
+    (a FileNotFoundError) naming the path looked at and how to get the data.
+    """
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        folder = name[len(IMAGEFOLDER_PREFIX) :]
+        if not folder:
+            raise ValueError(f"dataset {name!r} needs a folder: 'imagefolder:<path>'")
+        data = load_imagefolder(folder)
+    elif name in DATASETS:
+        data = DATASETS[name](data_root(root), download)
+    else:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)} or 'imagefolder:<path>', got {name!r}")
+    return data.to(device)

@@ -1,0 +1,423 @@
+"""Learning-rate shapes, batch-size growth and ρ schedules as pure functions of progress.
+
+Every schedule is built by a factory that validates its arguments once and
+returns a closure (the optax pattern): ``lr_schedule`` maps elapsed epochs
+``e`` (a float; the training loop passes ``epoch + i / steps_per_epoch``) to a
+learning rate, ``batch_size_schedule`` maps an epoch index to a batch size and
+``rho_schedule`` maps ``(e, lr)`` to the SAM radius ρ.  :class:`TrialSchedule`
+bundles the three for one trial, built from the trial parameters named in
+DESIGN.md (``lr``, ``lr_shape``, ``lr_final``, ``lr_power``, ``warmup_epochs``,
+``epochs``, ``batch_size``, ``batch_growth_ratio``, ``batch_stages``,
+``batch_max``, ``lr_batch_scaling``, ``rho``, ``rho_min``, ``rho_schedule``).
+
+Sources (see reference/seed_facts.md, section (b)):
+
+- GSAM scheduler family, warmup rule and ``ProportionScheduler``:
+  ``juntang-zhuang/GSAM gsam/scheduler.py``; ρ ∝ lr is Algorithm 1 of
+  Zhuang et al., ICLR 2022.
+- Harada & Iiduka (arXiv 2409.09984), ``iiduka-researches/GSAM_batch_inc``
+  ``main_CNN.py`` / ``main_ViT.py``: "+C" cosine 0.1 → 0.001, "+B" batch
+  16 → 32 → 64 → 128 → 256 with 40 epochs per stage, ViT warmup 1e-5 → 1e-3.
+- Step decay ×0.2 at 30/60/80 % of training:
+  ``juntang-zhuang/GSAM example/utility/step_lr.py``.
+- Diminishing per-epoch rules of Khanh et al. (arXiv 2401.08060),
+  ``lhchau/fundamental-sam fundamental_sam/scheduler/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from numbers import Integral, Real
+from typing import Any
+
+LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing")
+LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
+RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
+
+STEP_MILESTONES = (0.3, 0.6, 0.8)
+STEP_FACTOR = 0.2
+# Milestones are compared against t = (e - w) / (epochs - w); rounding in that
+# division must not move a milestone by one optimizer step.
+_MILESTONE_TOL = 1e-9
+
+
+# ---------------------------------------------------------------------------
+# argument checks
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(key: str, value: Any, minimum: int) -> int:
+    integral = isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _progress(e: float) -> float:
+    e = float(e)
+    if not e >= 0.0:  # also refuses NaN
+        raise ValueError(f"elapsed epochs must be >= 0, got {e!r}")
+    return e
+
+
+# ---------------------------------------------------------------------------
+# learning rate
+
+
+def lr_schedule(
+    shape: str,
+    *,
+    lr: float,
+    epochs: float,
+    lr_final: float = 0.0,
+    lr_power: float = 1.0,
+    warmup_epochs: float = 0.0,
+) -> Callable[[float], float]:
+    r"""Learning rate as a function of elapsed epochs ``e`` in ``[0, epochs]``.
+
+    Warmup (GSAM ``SchedulerBase``, Harada's ViT script): for ``e < w`` with
+    ``w = warmup_epochs``, ``lr(e) = lr_final + (lr - lr_final) e / w``, a linear
+    ramp from ``lr_final`` to ``lr`` (``lr=1e-3, lr_final=1e-5, w=10`` is
+    Harada's ViT warmup 1e-5 → 1e-3).  Afterwards, with
+    ``t = clip((e - w) / (epochs - w), 0, 1)``:
+
+    - ``constant``:    ``lr``
+    - ``cosine``:      ``lr_final + (lr - lr_final) (1 + cos(pi t)) / 2``
+      (Harada "+C": 0.1 → 0.001; GSAM ``CosineScheduler``)
+    - ``linear``:      ``lr + (lr_final - lr) t`` (GSAM ``LinearScheduler``)
+    - ``polynomial``:  ``lr_final + (lr - lr_final) (1 - t)^lr_power``
+    - ``exponential``: ``lr (lr_final / lr)^t`` (needs ``lr_final > 0``)
+    - ``step``:        ``lr * 0.2^k``, ``k`` = number of milestones
+      ``{0.3, 0.6, 0.8}`` with ``t >= milestone`` (GSAM ``example/utility/step_lr.py``)
+    - ``diminishing``: ``lr / (floor(e - w) + 1)^lr_power``, constant within an
+      epoch (Khanh et al.: ``lr_power=1`` is "Diminish 1",
+      ``η_e = η0/(e+1)``; ``lr_power=0.5001`` is "Diminish 2" without its
+      one-epoch lag)
+
+    Every shape equals ``lr`` at ``e = w``, so the curve is continuous at the
+    end of warmup.  ``e > epochs`` is treated as ``e = epochs``.
+    """
+    shape = _choice("lr_shape", shape, LR_SHAPES)
+    lr = _number("lr", lr)
+    epochs = _number("epochs", epochs)
+    lr_final = _number("lr_final", lr_final)
+    lr_power = _number("lr_power", lr_power)
+    warmup = _number("warmup_epochs", warmup_epochs)
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+    if not 0 <= lr_final <= lr:
+        raise ValueError(f"lr_final must be in [0, lr={lr!r}], got {lr_final!r}")
+    if shape == "exponential" and lr_final <= 0:
+        raise ValueError(f"lr_final must be > 0 for lr_shape 'exponential', got {lr_final!r}")
+    if lr_power <= 0:
+        raise ValueError(f"lr_power must be > 0, got {lr_power!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup!r}")
+    # A decaying shape needs a decay phase; a constant one may be all warmup.
+    if shape == "constant" and warmup > epochs:
+        raise ValueError(f"warmup_epochs must be <= epochs={epochs!r}, got {warmup!r}")
+    if shape != "constant" and warmup >= epochs:
+        raise ValueError(
+            f"warmup_epochs must be < epochs={epochs!r} for lr_shape {shape!r}, got {warmup!r}"
+        )
+
+    decay = _decay(shape, lr, lr_final, lr_power)
+    span = epochs - warmup
+
+    def schedule(e: float) -> float:
+        e = min(_progress(e), epochs)
+        if e < warmup:
+            return lr_final + (lr - lr_final) * e / warmup
+        since_warmup = e - warmup
+        t = min(since_warmup / span, 1.0) if span > 0 else 1.0
+        return decay(t, since_warmup)
+
+    return schedule
+
+
+def _decay(shape: str, lr: float, lr_final: float, power: float) -> Callable[[float, float], float]:
+    """Post-warmup curve as a function of (t in [0, 1], epochs since warmup)."""
+    if shape == "constant":
+        return lambda t, since: lr
+    if shape == "cosine":
+        return lambda t, since: lr_final + (lr - lr_final) * (1.0 + math.cos(math.pi * t)) / 2.0
+    if shape == "linear":
+        return lambda t, since: lr + (lr_final - lr) * t
+    if shape == "polynomial":
+        return lambda t, since: lr_final + (lr - lr_final) * (1.0 - t) ** power
+    if shape == "exponential":
+        return lambda t, since: lr * (lr_final / lr) ** t
+    if shape == "step":
+        return lambda t, since: lr * STEP_FACTOR ** sum(
+            t >= m - _MILESTONE_TOL for m in STEP_MILESTONES
+        )
+    return lambda t, since: lr / (math.floor(since) + 1) ** power
+
+
+# ---------------------------------------------------------------------------
+# batch size
+
+
+def batch_size_schedule(
+    *,
+    batch_size: int,
+    epochs: int,
+    batch_growth_ratio: float = 1.0,
+    batch_stages: int = 1,
+    batch_max: int | None = None,
+) -> Callable[[int], int]:
+    """Batch size as a function of the 0-based epoch index.
+
+    The ``epochs`` are split evenly into ``batch_stages`` stages; epoch ``i``
+    is in stage ``k = min(floor(i * stages / epochs), stages - 1)`` and uses
+    ``min(batch_max, round(batch_size * batch_growth_ratio^k))`` (Python's
+    ``round``: half to even).  Harada & Iiduka's "+B" (``main_CNN.py``) is
+    ``batch_size=16, ratio=2, stages=5, epochs=200``: 16 → 32 → 64 → 128 → 256,
+    40 epochs each.  ``ratio == 1`` or ``stages == 1`` is a constant batch.
+    Epoch indices past the end stay in the last stage.
+    """
+    batch_size = _integer("batch_size", batch_size, 1)
+    epochs = _integer("epochs", epochs, 1)
+    ratio = _number("batch_growth_ratio", batch_growth_ratio)
+    stages = _integer("batch_stages", batch_stages, 1)
+    if ratio < 1:
+        raise ValueError(f"batch_growth_ratio must be >= 1, got {ratio!r}")
+    if stages > epochs:
+        raise ValueError(f"batch_stages must be <= epochs={epochs!r}, got {stages!r}")
+    if batch_max is not None:
+        batch_max = _integer("batch_max", batch_max, 1)
+        if batch_max < batch_size:
+            raise ValueError(f"batch_max must be >= batch_size={batch_size!r}, got {batch_max!r}")
+    sizes = [round(batch_size * ratio**k) for k in range(stages)]
+    if batch_max is not None:
+        sizes = [min(size, batch_max) for size in sizes]
+    stage = stage_schedule(epochs=epochs, batch_stages=stages)
+
+    def schedule(epoch: int) -> int:
+        return sizes[stage(epoch)]
+
+    return schedule
+
+
+def stage_schedule(*, epochs: int, batch_stages: int) -> Callable[[int], int]:
+    """Stage index ``min(floor(epoch * stages / epochs), stages - 1)`` of a 0-based epoch."""
+    epochs = _integer("epochs", epochs, 1)
+    stages = _integer("batch_stages", batch_stages, 1)
+
+    def stage(epoch: int) -> int:
+        epoch = _integer("epoch", epoch, 0)
+        return min(epoch * stages // epochs, stages - 1)
+
+    return stage
+
+
+def lr_batch_factor(mode: str, batch: int, base_batch: int) -> float:
+    """Learning-rate multiplier for a batch grown from ``base_batch`` to ``batch``.
+
+    ``none`` → 1, ``linear`` → ``batch / base_batch`` (Goyal et al. 2017,
+    arXiv 1706.02677), ``sqrt`` → ``sqrt(batch / base_batch)`` (Krizhevsky
+    2014, arXiv 1404.5997).
+    """
+    mode = _choice("lr_batch_scaling", mode, LR_BATCH_SCALINGS)
+    ratio = _integer("batch", batch, 1) / _integer("base_batch", base_batch, 1)
+    if mode == "linear":
+        return ratio
+    if mode == "sqrt":
+        return math.sqrt(ratio)
+    return 1.0
+
+
+# ---------------------------------------------------------------------------
+# rho
+
+
+def rho_schedule(
+    kind: str,
+    *,
+    rho: float,
+    rho_min: float = 0.0,
+    lr_max: float,
+    lr_min: float,
+    epochs: float,
+) -> Callable[[float, float], float]:
+    """SAM radius ρ as a function of ``(e, lr)``: elapsed epochs and the current
+    (unscaled) learning rate.
+
+    - ``constant``: ``rho`` (Harada & Iiduka and Khanh et al. in every run).
+    - ``lr_proportional`` (GSAM ``ProportionScheduler``; Zhuang et al.,
+      Algorithm 1): ``rho_min + (rho - rho_min) (lr - lr_min) / (lr_max - lr_min)``,
+      and ``rho`` when ``lr_max == lr_min``.  Unlike the GSAM code the result is
+      clipped to ``[rho_min, rho]``, so a warmup that starts below ``lr_min``
+      never gives a radius below ``rho_min`` (or a negative one).
+    - ``diminishing``: ``rho_min + (rho - rho_min) / (floor(e) + 1)``, constant
+      within an epoch (the ρ_k = C/k^p family of Khanh et al. with p = 1,
+      floored at ``rho_min``).  ``e > epochs`` is treated as ``e = epochs``.
+    """
+    kind = _choice("rho_schedule", kind, RHO_SCHEDULES)
+    rho = _number("rho", rho)
+    rho_min = _number("rho_min", rho_min)
+    lr_max = _number("lr_max", lr_max)
+    lr_min = _number("lr_min", lr_min)
+    epochs = _number("epochs", epochs)
+    if rho < 0:
+        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    if not 0 <= rho_min <= rho:
+        raise ValueError(f"rho_min must be in [0, rho={rho!r}], got {rho_min!r}")
+    if not 0 <= lr_min <= lr_max:
+        raise ValueError(f"lr_min must be in [0, lr_max={lr_max!r}], got {lr_min!r}")
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs!r}")
+
+    if kind == "constant":
+        return lambda e, lr: rho
+    if kind == "diminishing":
+        return lambda e, lr: rho_min + (rho - rho_min) / (math.floor(min(_progress(e), epochs)) + 1)
+    if lr_max == lr_min:
+        return lambda e, lr: rho
+    span = lr_max - lr_min
+
+    def proportional(e: float, lr: float) -> float:
+        value = rho_min + (rho - rho_min) * (lr - lr_min) / span
+        return min(max(value, rho_min), rho)
+
+    return proportional
+
+
+# ---------------------------------------------------------------------------
+# one trial
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleParams:
+    """The schedule-related trial parameters, under their DESIGN.md names."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    lr_shape: str = "constant"
+    lr_final: float = 0.0
+    lr_power: float = 1.0
+    warmup_epochs: float = 0.0
+    batch_growth_ratio: float = 1.0
+    batch_stages: int = 1
+    batch_max: int | None = None
+    lr_batch_scaling: str = "none"
+    rho: float = 0.05
+    rho_min: float = 0.0
+    rho_schedule: str = "constant"
+
+
+SCHEDULE_KEYS = tuple(field.name for field in dataclasses.fields(ScheduleParams))
+_REQUIRED = ("lr", "epochs", "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSchedule:
+    """The learning rate, batch size and ρ of one trial at any point of training.
+
+    Build it with :meth:`from_params` (trial parameter names as keywords) or
+    :meth:`from_config` (any object or mapping carrying those names); the
+    constructor validates every combination (the factories above raise).
+
+    ``lr(e, batch)`` is the shape of :func:`lr_schedule` times
+    :func:`lr_batch_factor` relative to the initial ``batch_size``; ``rho(e)``
+    uses the unscaled lr, with ``lr_max = lr`` and ``lr_min`` = the unscaled lr
+    at ``e = epochs`` (equal to ``lr`` for a constant shape, which makes a
+    proportional ρ constant, as in Harada's "fix" runs).
+    """
+
+    params: ScheduleParams
+    _lr_fn: Callable[[float], float] = dataclasses.field(init=False, repr=False, compare=False)
+    _batch_fn: Callable[[int], int] = dataclasses.field(init=False, repr=False, compare=False)
+    _stage_fn: Callable[[int], int] = dataclasses.field(init=False, repr=False, compare=False)
+    _rho_fn: Callable[[float, float], float] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        p = self.params
+        lr_fn = lr_schedule(
+            p.lr_shape,
+            lr=p.lr,
+            epochs=p.epochs,
+            lr_final=p.lr_final,
+            lr_power=p.lr_power,
+            warmup_epochs=p.warmup_epochs,
+        )
+        batch_fn = batch_size_schedule(
+            batch_size=p.batch_size,
+            epochs=p.epochs,
+            batch_growth_ratio=p.batch_growth_ratio,
+            batch_stages=p.batch_stages,
+            batch_max=p.batch_max,
+        )
+        _choice("lr_batch_scaling", p.lr_batch_scaling, LR_BATCH_SCALINGS)
+        rho_fn = rho_schedule(
+            p.rho_schedule,
+            rho=p.rho,
+            rho_min=p.rho_min,
+            lr_max=p.lr,
+            lr_min=lr_fn(p.epochs),
+            epochs=p.epochs,
+        )
+        object.__setattr__(self, "_lr_fn", lr_fn)
+        object.__setattr__(self, "_batch_fn", batch_fn)
+        object.__setattr__(self, "_stage_fn", stage_schedule(epochs=p.epochs, batch_stages=p.batch_stages))
+        object.__setattr__(self, "_rho_fn", rho_fn)
+
+    @classmethod
+    def from_params(cls, **params: Any) -> TrialSchedule:
+        """From trial parameters by name; unknown names are refused and ``None``
+        means "default" (for ``batch_max`` the default is ``None``: no cap)."""
+        unknown = sorted(set(params) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown schedule parameter(s) {', '.join(unknown)}; allowed: {', '.join(SCHEDULE_KEYS)}"
+            )
+        missing = [key for key in _REQUIRED if params.get(key) is None]
+        if missing:
+            raise ValueError(f"missing schedule parameter(s): {', '.join(missing)}")
+        return cls(ScheduleParams(**{key: value for key, value in params.items() if value is not None}))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TrialSchedule:
+        """From any object with the trial parameter names as attributes (e.g. a
+        pydantic model) or a mapping; other attributes are ignored and absent
+        or ``None`` ones take their defaults."""
+        get = cfg.get if isinstance(cfg, Mapping) else lambda key: getattr(cfg, key, None)
+        return cls.from_params(**{key: get(key) for key in SCHEDULE_KEYS})
+
+    def stage(self, epoch: int) -> int:
+        """Batch stage (0-based) of a 0-based epoch index."""
+        return self._stage_fn(epoch)
+
+    def batch_size(self, epoch: int) -> int:
+        """Training batch size of a 0-based epoch index."""
+        return self._batch_fn(epoch)
+
+    def base_lr(self, e: float) -> float:
+        """Learning rate of the shape at elapsed epochs ``e``, before batch scaling."""
+        return self._lr_fn(e)
+
+    def lr(self, e: float, batch: int) -> float:
+        """Learning rate at elapsed epochs ``e`` for a step with batch size ``batch``."""
+        return self._lr_fn(e) * lr_batch_factor(self.params.lr_batch_scaling, batch, self.params.batch_size)
+
+    def rho(self, e: float) -> float:
+        """Perturbation radius at elapsed epochs ``e``."""
+        return self._rho_fn(e, self._lr_fn(e))

@@ -1,0 +1,277 @@
+"""One trial: the training loop.
+
+``train(config, sink)`` sets batch size, learning rate and ρ from the
+schedules, trains, evaluates and hands one record per epoch to ``sink``.  The
+last record carries the trial's final result (final metrics and sharpness), so
+a sink that never regains control after its last report (a Ray Tune function
+trainable) can still close its MLflow run first.
+
+A checkpoint is a plain dict of tensors and numbers (readable with
+``torch.load(weights_only=True)``): model, optimizer, loader and RNG state and
+the loop position, so that a resumed trial is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from samtune import sharpness
+from samtune.config import TrialConfig
+from samtune.data import DeviceLoader, fixed_batches, load_dataset
+from samtune.models import create_model
+from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
+from samtune.schedules import TrialSchedule
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | diverged
+    final: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+class Sink(Protocol):
+    def on_epoch(self, record: dict[str, float], checkpoint: Callable[[], dict],
+                 final: TrialResult | None) -> None: ...
+
+
+class NullSink:
+    def on_epoch(self, record, checkpoint, final) -> None:
+        pass
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # epochs completed
+    steps: int = 0
+    samples_seen: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device = {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def loss_function(config: TrialConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    smoothing = config.label_smoothing
+
+    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), targets, label_smoothing=smoothing)
+
+    return loss_fn
+
+
+def plain_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs.float(), targets)
+
+
+class Trial:
+    """Model, optimizer, data and schedules of one trial, built from its config."""
+
+    def __init__(self, config: TrialConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.data = load_dataset(config.dataset, root=config.data_dir, device=self.device,
+                                 download=config.download)
+        self.model, self.init_params = build_model(config, self.data, self.device)
+        self.optimizer = create_optimizer(
+            self.model.parameters(), optimizer=config.optimizer,
+            base_optimizer=config.base_optimizer, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, rho=config.rho, alpha=config.alpha,
+            adaptive=config.adaptive, eta=config.eta)
+        self.two_pass = is_two_pass(self.optimizer)
+        self.schedule = TrialSchedule.from_config(config)
+        augment = self.data.augment if config.augment else "none"
+        self.loader = DeviceLoader(self.data.train_x, self.data.train_y,
+                                   batch_size=self.schedule.batch_size(0), shuffle=True,
+                                   drop_last=True, augment=augment, seed=config.seed)
+        self.loss_fn = loss_function(config)
+        self.state = LoopState()
+
+    # -- checkpoints ---------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.state.epoch,
+            "steps": self.state.steps,
+            "samples_seen": self.state.samples_seen,
+            "history": list(self.state.history),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.state = LoopState(state["epoch"], state["steps"], state["samples_seen"],
+                               list(state["history"]))
+
+    # -- the loop ------------------------------------------------------------
+    def autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            outputs = self.model(x)
+            loss = self.loss_fn(outputs, y)
+        loss.backward()
+        if self.two_pass:
+            self.optimizer.first_step(zero_grad=True)
+            with frozen_bn_stats(self.model), self.autocast():
+                self.loss_fn(self.model(x), y).backward()
+            self.optimizer.second_step(zero_grad=True)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), (outputs.detach().argmax(1) != y).sum()
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        batch = self.schedule.batch_size(epoch)
+        self.loader.batch_size = batch
+        steps_per_epoch = len(self.loader)
+        first_lr = self.schedule.lr(epoch, batch)
+        first_rho = self.schedule.rho(epoch)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        started = time.perf_counter()
+        for i, (x, y) in enumerate(self.loader):
+            progress = epoch + i / steps_per_epoch
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.schedule.lr(progress, batch)
+            set_rho(self.optimizer, self.schedule.rho(progress))
+            loss, errors = self.train_step(x, y)
+            loss_sum += loss * y.numel()
+            wrong += errors
+            seen += y.numel()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.state.steps += steps_per_epoch
+        self.state.samples_seen += seen
+        return {"running_loss": (loss_sum / max(seen, 1)).item(),
+                "running_error": wrong.item() / max(seen, 1),
+                "lr": first_lr, "rho": first_rho, "batch_size": batch,
+                "epoch_seconds": seconds, "samples_per_second": seen / max(seconds, 1e-9)}
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Mean plain cross-entropy and error over (x, y), in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        for start in range(0, len(y), self.config.eval_batch_size):
+            xb = x[start:start + self.config.eval_batch_size]
+            yb = y[start:start + self.config.eval_batch_size]
+            with self.autocast():
+                outputs = self.model(xb)
+            loss_sum += F.cross_entropy(outputs.float(), yb, reduction="sum")
+            wrong += (outputs.argmax(1) != yb).sum()
+        self.model.train(was_training)
+        return loss_sum.item() / len(y), wrong.item() / len(y)
+
+    def epoch_record(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
+        test_loss, test_error = self.evaluate(self.data.test_x, self.data.test_y)
+        n = self.config.train_eval_examples
+        if n:
+            train_loss, train_error = self.evaluate(self.data.train_x[:n], self.data.train_y[:n])
+        else:
+            train_loss, train_error = stats["running_loss"], stats["running_error"]
+        return {
+            "epoch": epoch + 1, "train_loss": train_loss, "train_error": train_error,
+            "test_loss": test_loss, "test_error": test_error, "gen_gap": test_error - train_error,
+            "lr": stats["lr"], "batch_size": stats["batch_size"], "rho": stats["rho"],
+            "steps": self.state.steps, "samples_seen": self.state.samples_seen,
+            "epoch_seconds": stats["epoch_seconds"], "samples_per_second": stats["samples_per_second"],
+        }
+
+    def measure_sharpness(self) -> dict[str, float]:
+        names = self.config.sharpness
+        if names is not None and not names:
+            return {}
+        batches = fixed_batches(self.data.train_x, self.data.train_y,
+                                n_examples=self.config.sharpness_examples,
+                                batch_size=self.config.sharpness_batch)
+        return sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
+                                     init_params=self.init_params, seed=self.config.seed)
+
+
+def build_model(config: TrialConfig, data, device: torch.device):
+    """The model and a copy of its initial parameters (seeded, so re-creating a
+    trial gives the same initialization: a checkpoint need not store it)."""
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                         image_size=data.image_size).to(device)
+    init_params = [p.detach().clone() for p in model.parameters()]
+    return model, init_params
+
+
+def final_metrics(record: dict[str, float]) -> dict[str, float]:
+    return {f"final_{key}": record[key]
+            for key in ("test_error", "train_error", "gen_gap", "test_loss", "train_loss")}
+
+
+def _is_finite(record: dict[str, float]) -> bool:
+    return all(math.isfinite(record[k]) for k in ("train_loss", "test_loss"))
+
+
+def train(config: TrialConfig, sink: Sink | None = None,
+          resume: dict[str, Any] | None = None) -> TrialResult:
+    """Run one trial (optionally from a checkpoint dict) and return its result."""
+    sink = sink or NullSink()
+    trial = Trial(config)
+    if resume is not None:
+        trial.restore(resume)
+    for epoch in range(trial.state.epoch, config.epochs):
+        stats = trial.run_epoch(epoch)
+        record = trial.epoch_record(epoch, stats)
+        trial.state.epoch = epoch + 1
+        trial.state.history.append(record)
+        result = None
+        if not _is_finite(record):
+            result = TrialResult("diverged", {}, trial.state.history,
+                                 f"non-finite loss at epoch {epoch + 1}")
+        elif epoch + 1 == config.epochs:
+            final = final_metrics(record) | trial.measure_sharpness()
+            result = TrialResult("completed", final, trial.state.history)
+        sink.on_epoch(record, trial.checkpoint, result)
+        if result is not None:
+            return result
+    # resumed from a checkpoint taken after the last epoch
+    record = trial.state.history[-1]
+    result = TrialResult("completed", final_metrics(record) | trial.measure_sharpness(),
+                         trial.state.history)
+    sink.on_epoch(record, trial.checkpoint, result)
+    return result

@@ -1,0 +1,176 @@
+"""Search-spec and trial-config validation: every mistake is refused before
+anything starts, with the key, the value and what is allowed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from samtune.config import ConfigError, load_trial_config, make_trial_config
+from samtune.spec import (SPACES_DIR, expand_bundles, bundle_table, load_search_spec,
+                          parse_search_spec, sample_configs)
+
+VALID = {
+    "name": "unit",
+    "trial": {"epochs": 2},
+    "search": {"rho": {"loguniform": [0.01, 0.5]},
+               "lr_shape": {"choice": ["constant", "polynomial"]},
+               "lr_power": {"uniform": [0.5, 2.0], "when": {"lr_shape": "polynomial"}}},
+    "samples": 4,
+}
+
+
+def spec_with(**changes):
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+BAD_SPECS = [
+    # (changes, words the message must contain)
+    ({"colour": "red"}, ["colour", "allowed"]),
+    ({"name": ""}, ["name"]),
+    ({"trial": {"rho": -0.1}}, ["trial.rho", "-0.1", ">= 0"]),
+    ({"trial": {"lr_shape": "sawtooth"}}, ["lr_shape", "sawtooth", "cosine"]),
+    ({"trial": {"batch_growth_ratio": 0.5}}, ["batch_growth_ratio", "0.5", ">= 1"]),
+    ({"trial": {"learning_rate": 0.1}}, ["learning_rate", "allowed keys"]),
+    ({"search": {"rho": {"uniform": [-1.0, 0.5]}}}, ["rho", "-1.0"]),
+    ({"search": {"rho": {"normal": [0, 1]}}}, ["search.rho", "uniform", "loguniform", "choice"]),
+    ({"search": {"rho": {"uniform": [0.5, 0.1]}}}, ["search.rho", "lo must be < hi"]),
+    ({"search": {"rho": {"loguniform": [0.0, 0.1]}}}, ["search.rho", "> 0"]),
+    ({"search": {"batch_stages": {"int": [1.5, 3]}}}, ["search.batch_stages", "integers"]),
+    ({"search": {"optimizer": {"choice": ["sgd", "adam"]}}}, ["optimizer", "adam"]),
+    ({"search": {"momentum_x": {"uniform": [0.0, 0.9]}}}, ["search.momentum_x", "unknown"]),
+    ({"search": {"lr_power": {"uniform": [0.5, 2.0], "when": {"lr_shape": "cosine"}}}},
+     ["search.lr_power.when.lr_shape"]),
+    ({"trial": {"rho": 0.1}}, ["search.rho", "trial.rho", "one place"]),
+    ({"grid": {"optimizer": ["sgd", "gsam"]}}, ["search and grid"]),
+    ({"objective": {"metric": "val_accuracy", "mode": "max"}}, ["val_accuracy", "never reported", "final_test_error"]),
+    ({"objective": {"metric": "test_error", "mode": "lowest"}}, ["objective.mode", "lowest"]),
+    ({"objective": {"metric": "sharpness_hessian_trace", "mode": "min"},
+      "sharpness": ["harada"]}, ["sharpness_hessian_trace", "never reported"]),
+    ({"samples": 0}, ["samples", "0", ">= 1"]),
+    ({"concurrency": "two"}, ["concurrency", "two"]),
+    ({"resources": {"cpu": 1, "tpu": 1}}, ["resources"]),
+    ({"resources": {"cpu": 1, "gpu": -0.5}}, ["resources.gpu", "-0.5"]),
+    ({"scheduler": "hyperband"}, ["scheduler", "hyperband", "asha"]),
+    ({"scheduler": {"asha": {"metric": "final_test_error"}}}, ["scheduler.asha.metric", "per-epoch"]),
+    ({"scheduler": {"asha": {"reduction_factor": 1}}}, ["reduction_factor"]),
+    ({"sharpness": ["harada", "bogus_measure"]}, ["sharpness", "bogus_measure"]),
+    ({"objective": {"metric": ["final_test_error", "sharpness_harada"], "mode": ["min", "min"]},
+      "scheduler": {"asha": {}}, "sharpness": ["harada"]}, ["Pareto"]),
+]
+
+
+@pytest.mark.parametrize("changes, words", BAD_SPECS)
+def test_bad_spec_is_refused_with_key_value_and_allowed(changes, words):
+    data = spec_with(**changes)
+    if "grid" in changes:
+        data["search"] = VALID["search"]
+    if changes.get("trial", {}).get("rho") == 0.1:
+        data["search"] = {"rho": {"uniform": [0.01, 0.2]}}
+    with pytest.raises(ConfigError) as info:
+        parse_search_spec(data)
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_valid_spec_resolves_defaults():
+    spec = parse_search_spec(spec_with())
+    assert spec.samples == 4 and spec.concurrency == 2 and spec.scheduler is None
+    assert spec.objective.metrics == ("final_test_error",) and spec.objective.modes == ("min",)
+    assert spec.searched_keys == ("rho", "lr_shape", "lr_power")
+
+
+def test_conditional_key_sampled_only_when_parent_matches():
+    spec = parse_search_spec(spec_with(samples=4))
+    samples = sample_configs(spec, 30)
+    assert any(s["lr_shape"] == "polynomial" for s in samples)
+    assert any(s["lr_shape"] == "constant" for s in samples)
+    for sample in samples:
+        assert ("lr_power" in sample) == (sample["lr_shape"] == "polynomial")
+        assert 0.01 <= sample["rho"] <= 0.5
+
+
+def test_sampling_is_seeded():
+    spec = parse_search_spec(spec_with())
+    assert sample_configs(spec, 5) == sample_configs(spec, 5)
+    other = parse_search_spec(spec_with(seed=1))
+    assert sample_configs(other, 5) != sample_configs(spec, 5)
+
+
+def test_harada_grid_expands_the_paper_regimes():
+    spec = load_search_spec(str(SPACES_DIR / "harada2024_cifar100_resnet18.yaml"))
+    combos = sample_configs(spec, 100)
+    assert len(combos) == 9
+    table = bundle_table(spec)
+    values, labels = expand_bundles({**spec.trial, **{"optimizer": "gsam", "schedule": "+B"}}, table)
+    config = make_trial_config(values)
+    from samtune.schedules import TrialSchedule
+
+    schedule = TrialSchedule.from_config(config)
+    assert [schedule.batch_size(e) for e in (0, 39, 40, 80, 120, 160, 199)] == [16, 16, 32, 64, 128, 256, 256]
+    assert labels == {"schedule": "+B"}
+    plus_c = make_trial_config(expand_bundles({**spec.trial, "schedule": "+C"}, table)[0])
+    assert TrialSchedule.from_config(plus_c).lr(200, 128) == pytest.approx(0.001)
+    assert plus_c.momentum == 0 and plus_c.weight_decay == 0 and plus_c.alpha == 0.02
+
+
+@pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_bundled_spaces_are_valid(path):
+    spec = load_search_spec(str(path))
+    for sample in sample_configs(spec, 3):
+        make_trial_config(expand_bundles({**spec.trial, **sample}, bundle_table(spec))[0])
+
+
+def test_trial_overrides_parse_yaml_values(tmp_path):
+    config = load_trial_config(None, ["rho=0.2", "adaptive=true", "lr_shape=cosine", "epochs=3"])
+    assert config.rho == 0.2 and config.adaptive is True and config.lr_shape == "cosine"
+    with pytest.raises(ConfigError, match="rho.*-1"):
+        load_trial_config(None, ["rho=-1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_trial_config(None, ["rho"])
+
+
+def test_cross_field_mistakes_are_refused():
+    with pytest.raises(ConfigError, match="rho_min"):
+        make_trial_config({"rho": 0.05, "rho_min": 0.1})
+    with pytest.raises(ConfigError, match="batch_max"):
+        make_trial_config({"batch_size": 64, "batch_max": 32})
+
+
+def _samtune(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "samtune.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_bad_spec_without_traceback_and_records_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec_with(trial={"rho": -0.5, "epochs": 2})))
+    done = _samtune("search", str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "trial.rho" in done.stderr and "-0.5" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_cli_train_refuses_unknown_key_before_training(tmp_path):
+    done = _samtune("train", "--set", "lr_shape=sawtooth", cwd=tmp_path)
+    assert done.returncode == 2 and "lr_shape" in done.stderr and "sawtooth" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_prints_space_and_samples(tmp_path):
+    done = _samtune("search", "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resolved search space" in done.stdout and "loguniform" in done.stdout
+    samples = [line for line in done.stdout.splitlines() if line.startswith("- {")]
+    assert len(samples) == 5 and all("rho" in s for s in samples)
+    assert not (tmp_path / "mlflow.db").exists()
