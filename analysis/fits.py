@@ -157,11 +157,18 @@ def _ols_columns(fit: OlsFit | None, prefix: str, r2_name: str) -> dict[str, flo
 # ---------------------------------------------------------------- partial correlation
 
 def partial_spearman(x: np.ndarray, y: np.ndarray, control: np.ndarray) -> tuple[float, float]:
-    """Partial Spearman r(x, y | control) and its p-value (see module docstring)."""
+    """Partial Spearman r(x, y | control) and its p-value (see module docstring).
+
+    Raises ``ValueError`` when the ranks of x or y are a linear function of the control's
+    ranks (then the partial correlation is 0/0).
+    """
     rx, ry, rz = (stats.rankdata(v) for v in (x, y, control))
     z = sm.add_constant(rz, has_constant="add")
     res_x = sm.OLS(rx, z).fit().resid
     res_y = sm.OLS(ry, z).fit().resid
+    for name, residual, ranks in (("measure", res_x, rx), ("target", res_y, ry)):
+        if np.ptp(residual) <= 1e-9 * np.ptp(ranks):
+            raise ValueError(f"the {name}'s ranks are a linear function of the control's ranks")
     r = stats.pearsonr(res_x, res_y).statistic
     joint = sm.OLS(ry, np.column_stack([z, rx])).fit()
     return float(r), float(joint.pvalues[2])
@@ -318,7 +325,11 @@ def _partial_columns(data: pd.DataFrame, x: np.ndarray, y: np.ndarray, control: 
     if len(x) < 4:
         notes.append(f"partial correlation not available: n = {len(x)} < 4")
         return {"partial_r": np.nan, "partial_p": np.nan}
-    r, p = partial_spearman(x, y, data[control].to_numpy(float))
+    try:
+        r, p = partial_spearman(x, y, data[control].to_numpy(float))
+    except ValueError as err:
+        notes.append(f"partial correlation undefined: {err} (no information beyond {control})")
+        return {"partial_r": np.nan, "partial_p": np.nan}
     return {"partial_r": r, "partial_p": p}
 
 

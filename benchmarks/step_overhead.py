@@ -66,10 +66,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def make_steps(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+Step = Callable[[], None]
+
+
+def make_steps(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
     """(full training step as samtune.train runs it, optimizer update alone on the gradients in p.grad)."""
     # A small lr keeps the shared model well-behaved over many steps; it does not change the cost.
-    optimizer = create_optimizer(model.parameters(), optimizer=name, lr=1e-3, momentum=0.9, weight_decay=5e-4, rho=0.05, alpha=0.1)
+    optimizer = create_optimizer(
+        model.parameters(), optimizer=name, lr=1e-3, momentum=0.9, weight_decay=5e-4, rho=0.05, alpha=0.1
+    )
 
     def loss() -> torch.Tensor:
         return F.cross_entropy(model(x), y)
@@ -95,7 +100,7 @@ def make_steps(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     return one_pass, optimizer.step
 
 
-def timed(step: Callable[[], None], device: torch.device) -> float:
+def timed(step: Step, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -111,7 +116,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=args.classes, in_channels=3, image_size=args.image_size).to(device).train()
+    model = create_model(args.model, num_classes=args.classes, in_channels=3, image_size=args.image_size)
+    model = model.to(device).train()
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     steps, updates = {}, {}
@@ -132,8 +138,9 @@ def main() -> None:
     print(summary_table(interleaved_times(updates, args.repeats, args.warmup, device)))
 
 
-def interleaved_times(functions: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                      device: torch.device) -> dict[str, list[float]]:
+def interleaved_times(
+    functions: dict[str, Step], repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
     for _ in range(warmup):
         for function in functions.values():
             function()
@@ -148,11 +155,14 @@ def interleaved_times(functions: dict[str, Callable[[], None]], repeats: int, wa
 
 def summary_table(times: dict[str, list[float]]) -> str:
     baseline = statistics.median(times["sgd"])
-    rows = [f"{'optimizer':<10}{'median ms':>11}{'q1 ms':>9}{'q3 ms':>9}{'ratio of medians':>18}{'paired ratio':>14}"]
+    header = ("optimizer", "median ms", "q1 ms", "q3 ms", "ratio of medians", "paired ratio")
+    rows = ["{:<10}{:>11}{:>9}{:>9}{:>18}{:>14}".format(*header)]
     for name, samples in times.items():
         q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
         paired = statistics.median(t / t_sgd for t, t_sgd in zip(samples, times["sgd"]))
-        rows.append(f"{name:<10}{median * 1e3:>11.1f}{q1 * 1e3:>9.1f}{q3 * 1e3:>9.1f}{median / baseline:>18.3f}{paired:>14.3f}")
+        rows.append(
+            f"{name:<10}{median * 1e3:>11.1f}{q1 * 1e3:>9.1f}{q3 * 1e3:>9.1f}{median / baseline:>18.3f}{paired:>14.3f}"
+        )
     return "\n".join(rows)
 
 

@@ -7,7 +7,8 @@ one of:
   [2, 2, 2, 2], widths 64..512), torchvision's ``resnet18`` with the stem
   replaced.  11,173,962 parameters for 10 classes.
 - ``resnet50``: torchvision's ``resnet50`` (Bottleneck [3, 4, 6, 3]); 25,557,032
-  parameters for 1000 classes with the ImageNet stem.
+  parameters for 1000 classes with the ImageNet stem.  Images of at most 64
+  pixels get the CIFAR stem instead (23,705,252 parameters for 100 classes).
 - ``wrn28_10``: Wide-ResNet-28-10 (Zagoruyko & Komodakis 2016, arXiv
   1605.07146), pre-activation wide basic blocks, widths 16/160/320/640;
   36,479,194 parameters for 10 classes.  ``depth``/``widen``/``dropout``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,13 +62,17 @@ def _resnet_stem(model: nn.Module, in_channels: int, image_size: int, stem: str)
     return model
 
 
-def resnet18(*, num_classes: int, in_channels: int = 3, image_size: int = 32, stem: str = "cifar") -> nn.Module:
+def resnet18(
+    *, num_classes: int, in_channels: int = 3, image_size: int = 32, stem: str = "cifar"
+) -> nn.Module:
     """CIFAR ResNet-18: torchvision's network with a 3×3 stride-1 stem and no
     max-pool (``stem="imagenet"`` or ``"auto"`` for larger images)."""
     return _resnet_stem(tv_resnet18(num_classes=num_classes), in_channels, image_size, stem)
 
 
-def resnet50(*, num_classes: int, in_channels: int = 3, image_size: int = 32, stem: str = "auto") -> nn.Module:
+def resnet50(
+    *, num_classes: int, in_channels: int = 3, image_size: int = 32, stem: str = "auto"
+) -> nn.Module:
     """torchvision's ResNet-50.  With ``stem="auto"`` images of at most 64 pixels
     get the CIFAR stem (as in Harada's CIFAR-100 ResNet-50), larger ones keep
     the ImageNet 7×7 stride-2 stem and max-pool."""
@@ -108,7 +114,9 @@ class WideResNet(nn.Module):
     blocks with widths ``16k, 32k, 64k`` and strides 1, 2, 2, then BN-ReLU,
     global average pooling and a linear head."""
 
-    def __init__(self, *, depth: int, widen: int, num_classes: int, in_channels: int = 3, dropout: float = 0.0):
+    def __init__(
+        self, *, depth: int, widen: int, num_classes: int, in_channels: int = 3, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth!r}")
@@ -122,7 +130,8 @@ class WideResNet(nn.Module):
         groups = []
         for in_planes, out_planes, stride in zip(widths[:-1], widths[1:], (1, 2, 2)):
             group = [WideBasicBlock(in_planes, out_planes, stride, dropout)]
-            group += [WideBasicBlock(out_planes, out_planes, 1, dropout) for _ in range(blocks_per_group - 1)]
+            for _ in range(blocks_per_group - 1):
+                group.append(WideBasicBlock(out_planes, out_planes, 1, dropout))
             groups.append(nn.Sequential(*group))
         self.block1, self.block2, self.block3 = groups
         self.bn = nn.BatchNorm2d(widths[-1])
@@ -147,10 +156,19 @@ class WideResNet(nn.Module):
 
 
 def wrn(
-    *, num_classes: int, in_channels: int = 3, image_size: int = 32, depth: int = 28, widen: int = 10, dropout: float = 0.0
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    depth: int = 28,
+    widen: int = 10,
+    dropout: float = 0.0,
 ) -> nn.Module:
-    """Wide-ResNet-``depth``-``widen`` (default WRN-28-10)."""
-    return WideResNet(depth=depth, widen=widen, num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    """Wide-ResNet-``depth``-``widen`` (default WRN-28-10); global average
+    pooling makes it accept any ``image_size``."""
+    return WideResNet(
+        depth=depth, widen=widen, num_classes=num_classes, in_channels=in_channels, dropout=dropout
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +183,9 @@ def vit_tiny(
     torchvision's blocks have no stochastic depth).  For ``in_channels != 3``
     the patch projection is rebuilt with torchvision's own init."""
     if image_size % patch_size:
-        raise ValueError(f"image_size must be divisible by patch_size={patch_size!r}, got {image_size!r}")
+        raise ValueError(
+            f"image_size must be divisible by patch_size={patch_size!r}, got {image_size!r}"
+        )
     model = VisionTransformer(
         image_size=image_size,
         patch_size=patch_size,
@@ -230,7 +250,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 _COMMON_ARGS = ("num_classes", "in_channels", "image_size")
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs: Any
+) -> nn.Module:
     """Build the registered model ``name``; ``kwargs`` go to its builder
     (e.g. ``depth``/``widen``/``dropout`` for ``wrn28_10``, ``stem`` for the
     ResNets, ``patch_size`` for ``vit_tiny``)."""
@@ -244,6 +266,7 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; allowed: {', '.join(allowed) or 'none'}"
+            f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
         )
     return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)

@@ -5,12 +5,12 @@ returns a closure (the optax pattern): ``lr_schedule`` maps elapsed epochs
 ``e`` (a float; the training loop passes ``epoch + i / steps_per_epoch``) to a
 learning rate, ``batch_size_schedule`` maps an epoch index to a batch size and
 ``rho_schedule`` maps ``(e, lr)`` to the SAM radius ρ.  :class:`TrialSchedule`
-bundles the three for one trial, built from the trial parameters named in
-DESIGN.md (``lr``, ``lr_shape``, ``lr_final``, ``lr_power``, ``warmup_epochs``,
-``epochs``, ``batch_size``, ``batch_growth_ratio``, ``batch_stages``,
-``batch_max``, ``lr_batch_scaling``, ``rho``, ``rho_min``, ``rho_schedule``).
+bundles the three for one trial, built from the trial parameters ``lr``,
+``lr_shape``, ``lr_final``, ``lr_power``, ``warmup_epochs``, ``epochs``,
+``batch_size``, ``batch_growth_ratio``, ``batch_stages``, ``batch_max``,
+``lr_batch_scaling``, ``rho``, ``rho_min`` and ``rho_schedule``.
 
-Sources (see reference/seed_facts.md, section (b)):
+Sources:
 
 - GSAM scheduler family, warmup rule and ``ProportionScheduler``:
   ``juntang-zhuang/GSAM gsam/scheduler.py``; ρ ∝ lr is Algorithm 1 of
@@ -306,7 +306,7 @@ def rho_schedule(
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleParams:
-    """The schedule-related trial parameters, under their DESIGN.md names."""
+    """The schedule-related trial parameters, under the names used in YAML and MLflow."""
 
     lr: float
     epochs: int

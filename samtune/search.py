@@ -36,6 +36,7 @@ def configure_ray_environment(local: bool) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # samtune prints its own progress lines
     if local:
         # Without this Ray binds its node to the machine's external address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -170,20 +171,24 @@ class _Callbacks:
 
             def __init__(self):
                 self.best, self.best_trial, self.started = None, None, time.time()
+                self.ended: set[str] = set()
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 value = (trial.last_result or {}).get(metric)
                 if value is not None and not math.isnan(value) and (
                         self.best is None or (value < self.best if mode == "min" else value > self.best)):
                     self.best, self.best_trial = value, trial.trial_id
-                self._line(trials)
+                self._line(trials, trial)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trials)
+                self._line(trials, trial)
 
-            def _line(self, trials):
-                done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-                running = sum(t.status == "RUNNING" for t in trials)
+            def _line(self, trials, trial):
+                # the trial's own status is updated only after the callbacks run
+                self.ended.add(trial.trial_id)
+                done = len(self.ended | {t.trial_id for t in trials
+                                         if t.status in ("TERMINATED", "ERROR")})
+                running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
                 best = "-" if self.best is None else f"{self.best:.4f} ({self.best_trial})"
                 print(f"[{time.time() - self.started:6.0f}s] trials finished {done}/{total}, "
                       f"running {running}; best {metric} = {best}", flush=True)

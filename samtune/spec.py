@@ -304,7 +304,8 @@ def expand_bundles(values: dict[str, Any], bundles: dict[str, dict[str, dict[str
 def reported_metrics(config: TrialConfig) -> tuple[str, ...]:
     from samtune import sharpness
 
-    return EPOCH_METRICS + FINAL_METRICS + tuple(sharpness.metric_names(config.sharpness))
+    measured = () if config.sharpness == () else tuple(sharpness.metric_names(config.sharpness))
+    return EPOCH_METRICS + FINAL_METRICS + measured
 
 
 def _parse_objective(raw: Any, base: TrialConfig) -> Objective:
@@ -385,16 +386,22 @@ def _nonnegative_int(data: dict, key: str, default: int) -> int:
 
 
 # -- sampling (dry run, and the Optuna define-by-run space) ------------------------
-def define_by_run(spec: SearchSpec):
-    """The Optuna define-by-run function: it only suggests values."""
+@dataclass(frozen=True)
+class DefineByRun:
+    """The Optuna define-by-run space: it only suggests values.  A picklable
+    object, not a closure, because Ray saves the searcher with the experiment."""
 
-    def space(trial) -> None:
+    distributions: tuple[Distribution, ...]
+
+    def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
-        for dist in spec.search:
+        for dist in self.distributions:
             if dist.active(chosen):
                 chosen[dist.key] = dist.suggest(trial)
 
-    return space
+
+def define_by_run(spec: SearchSpec) -> DefineByRun:
+    return DefineByRun(spec.search)
 
 
 def sample_configs(spec: SearchSpec, count: int = 5) -> list[dict[str, Any]]:

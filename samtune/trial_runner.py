@@ -64,7 +64,8 @@ def trial_params(config: TrialConfig) -> dict[str, str]:
     from samtune import sharpness
 
     params = config.to_params()
-    params.update(sharpness.measure_settings(config.sharpness))
+    if config.sharpness != ():
+        params.update(sharpness.measure_settings(config.sharpness))
     return params
 
 

@@ -21,6 +21,7 @@ from samtune.data import (
     crop_flip,
     draw_epoch_plan,
     fixed_batches,
+    TensorData,
     load_dataset,
 )
 
@@ -146,18 +147,22 @@ def test_augment_none_returns_the_indexed_examples_unchanged():
 # --- augmentation against torchvision, sample by sample -------------------------------
 
 
-def test_loader_crop_flip_equals_torchvision_pad_crop_flip_normalize_per_sample():
+def test_train_loader_crop_flip_equals_torchvision_pad_crop_flip_normalize_per_sample():
     """Stored images are normalized; padding with TensorData.pad_fill must equal torchvision's
     RandomCrop(padding=p) on the raw uint8 image (black padding) followed by Normalize."""
     from torchvision.transforms.v2 import functional as TF
 
-    n, size, pad, seed = 48, 8, 2, 7
+    n, size, seed = 48, 16, 7
     raw = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    mean, std = [0.3, 0.5, 0.6], [0.2, 0.25, 0.3]
+    mean, std = (0.3, 0.5, 0.6), (0.2, 0.25, 0.3)
     x = TF.normalize(raw.float() / 255, mean, std)
-    fill = [-m / s for m, s in zip(mean, std)]
-    loader = DeviceLoader(x, torch.arange(n), batch_size=16, augment="crop_flip", pad=pad, fill=fill, seed=seed)
-    out = torch.cat([xb for xb, _ in loader])
+    data = TensorData(
+        name="synthetic", train_x=x, train_y=torch.arange(n), test_x=x[:1], test_y=torch.zeros(1, dtype=torch.long),
+        num_classes=n, in_channels=3, image_size=size, augment="crop_flip", pad=size // 8, mean=mean, std=std,
+        classes=tuple(map(str, range(n))),
+    )
+    pad = data.pad
+    out = torch.cat([xb for xb, _ in data.train_loader(batch_size=16, seed=seed)])
 
     plan = draw_epoch_plan(n, shuffle=True, augment="crop_flip", pad=pad, generator=torch.Generator().manual_seed(seed))
     assert plan.flip.any() and (~plan.flip).any()

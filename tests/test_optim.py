@@ -221,7 +221,10 @@ def test_gsam_with_alpha_zero_equals_sam():
     x, y = make_batch(torch.float32)
     models = [make_mlp(torch.float32), make_mlp(torch.float32)]
     kwargs = dict(rho=0.1, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    opts = [SAM(models[0].parameters(), torch.optim.SGD, **kwargs), GSAM(models[1].parameters(), torch.optim.SGD, alpha=0.0, **kwargs)]
+    opts = [
+        SAM(models[0].parameters(), torch.optim.SGD, **kwargs),
+        GSAM(models[1].parameters(), torch.optim.SGD, alpha=0.0, **kwargs),
+    ]
     for _ in range(3):
         for model, opt in zip(models, opts):
             two_pass_step(opt, mlp_loss(model, x, y))
@@ -234,7 +237,10 @@ def test_gsam_with_alpha_zero_equals_sam():
 
 @pytest.mark.parametrize(
     "base, kwargs",
-    [(torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=5e-4)), (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05))],
+    [
+        (torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=5e-4)),
+        (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05)),
+    ],
 )
 @pytest.mark.parametrize("wrapper", [SAM, GSAM])
 def test_restore_is_bit_identical_to_base_step_from_w(wrapper, base, kwargs):
@@ -300,7 +306,9 @@ def test_state_dict_round_trip_steps_in_lockstep():
     assert {key for state in saved["state"].values() for key in state} == {"momentum_buffer"}
 
     clone = copy.deepcopy(model)
-    resumed = GSAM(clone.parameters(), torch.optim.SGD, rho=0.5, alpha=0.0, lr=1.0, momentum=0.9, weight_decay=5e-4)
+    resumed = GSAM(
+        clone.parameters(), torch.optim.SGD, rho=0.5, alpha=0.0, lr=1.0, momentum=0.9, weight_decay=5e-4
+    )
     resumed.load_state_dict(saved)
     group = resumed.param_groups[0]
     assert (group["rho"], group["alpha"], group["lr"]) == (0.07, 0.2, 0.05)
@@ -318,6 +326,9 @@ def test_second_step_without_first_step_raises():
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1)
     with pytest.raises(RuntimeError, match="first_step"):
         opt.second_step()
+    gsam = GSAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    with pytest.raises(RuntimeError, match="first_step"):
+        gsam.gradient_decompose()
 
 
 # ----------------------------------------------------------------------------- autocast
@@ -339,7 +350,10 @@ def test_step_under_cpu_bfloat16_autocast_is_finite_and_fp32():
 def test_optimizer_arithmetic_is_unaffected_by_autocast():
     """Given the same gradients, first_step/second_step give the same bits inside autocast."""
     models = [make_mlp(torch.float32), make_mlp(torch.float32)]
-    opts = [GSAM(m.parameters(), torch.optim.SGD, rho=0.5, alpha=0.3, adaptive=True, eta=0.01, lr=0.1) for m in models]
+    opts = [
+        GSAM(m.parameters(), torch.optim.SGD, rho=0.5, alpha=0.3, adaptive=True, eta=0.01, lr=0.1)
+        for m in models
+    ]
     gen = torch.Generator().manual_seed(7)
     grads = [[torch.randn(p.shape, generator=gen) for p in models[0].parameters()] for _ in range(2)]
     for model, opt, autocast in zip(models, opts, (False, True)):
@@ -425,7 +439,8 @@ def test_every_registered_optimizer_builds_and_steps(name, base):
     model = make_mlp(torch.float32)
     w0 = params_of(model)
     opt = create_optimizer(
-        model.parameters(), optimizer=name, base_optimizer=base, lr=0.05, momentum=0.9, weight_decay=1e-3, rho=0.1, alpha=0.2, eta=0.01
+        model.parameters(), optimizer=name, base_optimizer=base,
+        lr=0.05, momentum=0.9, weight_decay=1e-3, rho=0.1, alpha=0.2, eta=0.01,
     )
     assert is_two_pass(name) == is_two_pass(opt) == OPTIMIZERS[name].two_pass
     inner = opt.base_optimizer if is_two_pass(opt) else opt
@@ -443,7 +458,10 @@ def test_every_registered_optimizer_builds_and_steps(name, base):
 
 def test_factory_maps_names_to_variants():
     params = list(make_mlp().parameters())
-    make = lambda name, **kw: create_optimizer(params, optimizer=name, lr=0.1, rho=0.2, alpha=0.3, eta=0.01, **kw)  # noqa: E731
+
+    def make(name, **kwargs):
+        return create_optimizer(params, optimizer=name, lr=0.1, rho=0.2, alpha=0.3, eta=0.01, **kwargs)
+
     sgd = make("sgd")
     assert type(sgd) is torch.optim.SGD and "rho" not in sgd.param_groups[0]
     assert type(make("sam")) is SAM and not make("sam").param_groups[0]["adaptive"]

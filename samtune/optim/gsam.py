@@ -55,6 +55,8 @@ class GSAM(SAM):
     @torch.no_grad()
     def gradient_decompose(self) -> None:
         """Replace p.grad = g_s by d = g_s − α g_⊥, using g saved by ``first_step``."""
+        if self._perturbed is None:
+            raise RuntimeError("gradient_decompose() needs the gradient saved by first_step()")
         pairs = [(p, self.state[p]["old_g"]) for p in self._perturbed if p.grad is not None]
         if not pairs:
             return

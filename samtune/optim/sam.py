@@ -84,7 +84,7 @@ class SAM(torch.optim.Optimizer):
         self._check_groups()
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
-        self._perturbed: list[torch.Tensor] = []
+        self._perturbed: list[torch.Tensor] | None = None  # set by first_step, consumed by second_step
 
     def _check_groups(self) -> None:
         for group in self.param_groups:
@@ -125,7 +125,9 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     @staticmethod
-    def _ascent_directions(group: dict, params: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def _ascent_directions(
+        group: dict, params: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Per parameter (T ⊙ g, T) with T = |w| + eta if adaptive, else (g, None)."""
         if not group["adaptive"]:
             return [(p.grad, None) for p in params]
@@ -144,11 +146,12 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Descent: restore the saved w exactly, then let the base optimizer step with p.grad = g_s."""
-        if not self._perturbed:
+        if self._perturbed is None:
             raise RuntimeError("second_step() called without a preceding first_step()")
         self._form_direction()
-        torch._foreach_copy_(self._perturbed, [self.state[p]["old_p"] for p in self._perturbed])
-        self._perturbed = []
+        if self._perturbed:
+            torch._foreach_copy_(self._perturbed, [self.state[p]["old_p"] for p in self._perturbed])
+        self._perturbed = None
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()
@@ -182,4 +185,4 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.load_state_dict(state_dict)
         # torch rebuilds the group dicts on load; share the new ones again.
         self.param_groups = self.base_optimizer.param_groups
-        self._perturbed = []
+        self._perturbed = None

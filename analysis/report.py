@@ -1,0 +1,297 @@
+"""``build_report``: MLflow trials → fits → HTML + Markdown + CSV + PNG, logged back
+to MLflow as a run tagged ``samtune.kind=report``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures, schema
+from analysis.errors import NoMeasures, NotEnoughTrials
+from analysis.fits import FitOptions, FitResults, fit_all
+from analysis.granulated import agreement_table
+from analysis.load import (TrialTable, grouping_keys, load_histories, load_trials, mlflow_client,
+                           searched_axes)
+from analysis.render import Document, FigureRef, Section, render_html, render_markdown
+from analysis.summary import SummaryInputs, summarize
+from analysis.tables import Grouping, choose_grouping, group_table, with_schedule
+
+FIGURE_DPI = 110
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    out_dir: Path
+    html: Path
+    markdown: Path
+    trials_csv: Path
+    fits_csv: Path
+    figures: tuple[Path, ...]
+    files: tuple[Path, ...]           # every file written, figures included
+    summary: str
+    n_usable: int
+    n_excluded: int
+    excluded: dict[str, int]          # excluded trials per status
+    report_run_id: str | None         # None when log_to_mlflow=False
+
+
+def build_report(experiment: str, *, tracking_uri: str | None = None, search_run_id: str | None = None,
+                 out_dir: str | Path, log_to_mlflow: bool = True, n_resamples: int = 999,
+                 confidence_level: float = 0.95, seed: int = 0) -> ReportResult:
+    """Write the sharpness–generalization report of ``experiment`` into ``out_dir``.
+
+    Raises ``UnknownExperiment`` (unknown experiment or search run), ``NotEnoughTrials``
+    (fewer than 3 usable trials) or ``NoMeasures`` (no sharpness_*/norm_* metric or no
+    target) — all ``ValueError``.
+    """
+    options = FitOptions(n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    table = load_trials(experiment, tracking_uri=tracking_uri, search_run_id=search_run_id)
+    usable = _check_usable(table)
+    measures, targets = schema.measure_columns(usable), schema.target_columns(usable)
+    if not measures or not targets:
+        raise NoMeasures(f"experiment {experiment!r}: the usable trials log no "
+                         f"{'sharpness_* / norm_* metric' if not measures else 'final target metric'}; "
+                         f"expected names like sharpness_worst_linf_adaptive and {', '.join(schema.TARGETS)}")
+    axes = searched_axes(usable, table.params, table.declared_search_keys)
+    keys = grouping_keys(usable, table.params)
+    results = fit_all(usable, measures=measures, targets=targets, axes=axes, keys=keys, options=options)
+    grouping = choose_grouping(usable, axes)
+    usable = usable.assign(**{schema.GROUP: grouping.labels})
+
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    history = load_histories(table.tracking_uri, usable[schema.RUN_ID].tolist())
+    figure_refs = _write_figures(out, usable, history, results, measures, targets, options)
+    groups = group_table(usable, grouping, values=[targets[0], *measures])
+    csvs = _write_tables(out, table, usable, results, groups, history)
+
+    inputs = SummaryInputs(experiment, search_run_id, len(usable), table.exclusion_counts(), axes,
+                           int(usable[schema.SEED].nunique()) if schema.SEED in usable else 1,
+                           results.fits, confidence_level)
+    paragraphs = summarize(inputs, targets)
+    document = Document(f"Sharpness and generalization: {experiment}", tuple(paragraphs),
+                        _sections(table, axes, results, groups, grouping, targets, measures, figure_refs,
+                                  options))
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text(render_html(document, out), encoding="utf-8")
+    md_path.write_text(render_markdown(document), encoding="utf-8")
+
+    figure_paths = tuple(out / ref.path for refs in figure_refs.values() for ref in refs)
+    files = (html_path, md_path, *csvs.values(), *figure_paths)
+    run_id = _log_report_run(table, files, out, options, len(usable)) if log_to_mlflow else None
+    return ReportResult(out, html_path, md_path, csvs["trials"], csvs["fits"], figure_paths, files,
+                        "\n\n".join(paragraphs), len(usable), len(table.excluded),
+                        table.exclusion_counts(), run_id)
+
+
+def _check_usable(table: TrialTable) -> pd.DataFrame:
+    usable = table.usable
+    if len(usable) >= schema.MIN_TRIALS:
+        return usable
+    where = f"experiment {table.experiment_name!r}"
+    if table.search_run_id:
+        where += f", search run {table.search_run_id!r}"
+    counts = ", ".join(f"{n} {s}" for s, n in table.exclusion_counts().items()) or "none"
+    reasons = "; ".join(dict.fromkeys(table.excluded[schema.EXCLUDED]).keys())
+    raise NotEnoughTrials(
+        f"{where}: {len(usable)} usable trials, at least {schema.MIN_TRIALS} are needed to fit "
+        f"anything ({len(table.trials)} trials found; excluded: {counts}"
+        + (f"; reasons: {reasons[:500]}" if reasons else "") + ")")
+
+
+# ---------------------------------------------------------------- files
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=FIGURE_DPI, format="png")
+
+
+def _write_figures(out: Path, usable: pd.DataFrame, history: pd.DataFrame, results: FitResults,
+                   measures: Sequence[str], targets: Sequence[str],
+                   options: FitOptions) -> dict[str, list[FigureRef]]:
+    refs: dict[str, list[FigureRef]] = {"ranking": [], "scatter": [], "curves": []}
+    labels = usable[schema.GROUP]
+    for target in targets:
+        path = f"figures/ranking_{_slug(target)}.png"
+        _save(figures.measure_ranking(results.fits, target=target), out / path)
+        refs["ranking"].append(FigureRef(f"Measures ranked by |Kendall τ| with {target}, and Ψ", path))
+        path = f"figures/{_slug(target)}_vs_measures.png"
+        _save(figures.target_vs_measures(usable, measures=measures, target=target, labels=labels,
+                                         fits=results.fits, confidence_level=options.confidence_level),
+              out / path)
+        refs["scatter"].append(FigureRef(f"{target} against each measure, colored by group", path))
+    if not history.empty:
+        path = "figures/training_curves.png"
+        by_run = pd.Series(labels.to_numpy(), index=usable[schema.RUN_ID])
+        _save(figures.training_curves(history, labels=by_run), out / path)
+        refs["curves"].append(FigureRef("Per-epoch test error, batch size and learning rate by group", path))
+    return refs
+
+
+def _write_tables(out: Path, table: TrialTable, usable: pd.DataFrame, results: FitResults,
+                  groups: pd.DataFrame, history: pd.DataFrame) -> dict[str, Path]:
+    trials = with_schedule(table.trials)
+    trials[schema.GROUP] = trials[schema.RUN_ID].map(usable.set_index(schema.RUN_ID)[schema.GROUP])
+    frames = {
+        "trials": trials[_trial_columns(trials, table.params)],
+        "fits": results.fits,
+        "granulated": agreement_table(results.granulated),
+        "regression_terms": results.regression_terms,
+        "groups": groups,
+        "history": history,
+    }
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = out / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    return paths
+
+
+def _trial_columns(trials: pd.DataFrame, params: Sequence[str]) -> list[str]:
+    book = [c for c in (schema.RUN_ID, schema.TRIAL_ID, schema.RUN_NAME, schema.STATUS, schema.EXCLUDED,
+                        schema.GROUP, "schedule", schema.ERROR, schema.PARENT) if c in trials]
+    metrics = sorted(c for c in trials.columns if c not in book and c not in params)
+    finals = [c for c in metrics if c.startswith(schema.FINAL_PREFIX)]
+    return book + list(params) + finals + [c for c in metrics if c not in finals]
+
+
+# ---------------------------------------------------------------- document
+
+def _ci(low: float, high: float) -> str:
+    return f"[{low:.3g}, {high:.3g}]" if np.isfinite(low) and np.isfinite(high) else "—"
+
+
+def fits_display(fits: pd.DataFrame, target: str) -> pd.DataFrame:
+    rows = fits[fits["target"] == target]
+    return pd.DataFrame({
+        "measure": rows["measure"],
+        "n": rows["n"],
+        "Kendall τ": rows["kendall_tau"],
+        "τ CI": [_ci(a, b) for a, b in zip(rows["kendall_ci_low"], rows["kendall_ci_high"])],
+        "Spearman ρ": rows["spearman"],
+        "slope on ln(measure)": rows["ols_slope"],
+        "slope CI (HC3)": [_ci(a, b) for a, b in zip(rows["ols_slope_ci_low"], rows["ols_slope_ci_high"])],
+        "R²": rows["r2"],
+        "Ψ": rows["granulated_psi"],
+        "sign-error mean": rows["sign_error_mean"],
+        "sign-error worst": rows["sign_error_worst"],
+        "one-axis pairs": rows["one_axis_pairs"],
+        f"partial r | {schema.CONTROL}": rows["partial_r"],
+        "R² hparams": rows["r2_hparams"],
+        "R² hparams + measure": rows["r2_hparams_measure"],
+        "hparam shrink": rows["hparams_shrink"],
+        "notes": rows["notes"].fillna(""),
+    }).reset_index(drop=True)
+
+
+def groups_display(groups: pd.DataFrame, grouping: Grouping, values: Sequence[str]) -> pd.DataFrame:
+    columns = list(grouping.columns) or [schema.GROUP]
+    shown = groups[columns + ["n"]].copy()
+    for value in values:
+        mean, std = groups[f"{value}_mean"], groups[f"{value}_std"]
+        shown[value] = [f"{m:.4g} ± {s:.2g}" if np.isfinite(s) else f"{m:.4g}" for m, s in zip(mean, std)]
+    return shown
+
+
+def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, groups: pd.DataFrame,
+              grouping: Grouping, targets: Sequence[str], measures: Sequence[str],
+              refs: dict[str, list[FigureRef]], options: FitOptions) -> tuple[Section, ...]:
+    level = f"{options.confidence_level:.0%}"
+    sections = [Section("Measures ranked", (f"Error bars: {level} paired bootstrap CIs (BCa, "
+                                            f"{options.n_resamples} resamples, seed {options.seed}).",),
+                        figures=tuple(refs["ranking"]))]
+    for target in targets:
+        sections.append(Section(f"Fits against {target}", table=fits_display(results.fits, target)))
+    sections.append(Section("Scatter plots", (f"Black line: OLS of the target on ln(measure); band: {level} "
+                                              "CI of the fitted mean (HC3).",), figures=tuple(refs["scatter"])))
+    sections.append(Section("Groups", ("Mean ± sample standard deviation per cell; schedule: constant, +B "
+                                       "(batch_growth_ratio > 1), +C (cosine learning rate), other "
+                                       "learning-rate shapes by name.",),
+                            table=groups_display(groups, grouping, [targets[0], *measures])))
+    if refs["curves"]:
+        sections.append(Section("Training curves", figures=tuple(refs["curves"])))
+    sections.append(_axes_section(axes, results, targets[0]))
+    sections.append(_trials_section(table))
+    sections.append(Section("Methods", _METHODS))
+    return tuple(sections)
+
+
+def _axes_section(axes: Sequence[str], results: FitResults, target: str) -> Section:
+    if not axes:
+        return Section("One-axis comparisons", ("No hyperparameter varies across the usable trials.",))
+    agreement = agreement_table(results.granulated)
+    agreement = agreement[agreement["target"] == target].drop(columns="target")
+    text = (f"Per searched axis, against {target}: groups of trials equal in every other parameter "
+            "(seed included), the pairs they contain, ψ and the sign-errors.",)
+    return Section("One-axis comparisons", text, table=agreement.reset_index(drop=True))
+
+
+def _trials_section(table: TrialTable) -> Section:
+    counts = table.trials[schema.STATUS].value_counts().sort_index()
+    text = [f"{len(table.trials)} trials found: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."]
+    excluded = table.excluded
+    if excluded.empty:
+        text.append("No trial was excluded.")
+        return Section("Trials", tuple(text))
+    text.append(f"{len(excluded)} trials were excluded from every fit:")
+    return Section("Trials", tuple(text), table=excluded.drop(columns=schema.RUN_ID))
+
+
+_METHODS = (
+    "Kendall τ is τ-b (scipy.stats.kendalltau), Spearman ρ is scipy.stats.spearmanr; their CIs are paired "
+    "bootstrap CIs (scipy.stats.bootstrap, BCa, percentile where BCa is undefined).",
+    "OLS (statsmodels) of the target on ln(measure) and on the measure, with HC3 robust standard errors and "
+    "t-based CIs; measures with non-positive values get no log fit.",
+    "Partial correlation: partial Spearman. Measure, target and final_train_loss are ranked; the ranks of the "
+    "measure and of the target are residualized on the rank of final_train_loss by OLS and correlated "
+    "(scipy.stats.pearsonr); the p-value is that of the measure's rank in OLS(target rank ~ control rank + "
+    "measure rank).",
+    "Granulated Kendall Ψ (Jiang et al., ICLR 2020): for each searched axis, Kendall τ inside each group of "
+    "trials equal in every other parameter (seed included), averaged over groups (ψ_axis), then over axes. "
+    "Sign-error (Dziugaite et al., NeurIPS 2020): ½(1 − sgn ΔC · sgn Δg) over pairs that differ in one "
+    "axis, averaged over seeds per pair of settings; mean and worst over those pairs.",
+    "Hyperparameter regression (statsmodels formula API): target ~ searched hyperparameters (numeric as-is, "
+    "or log when positive and spanning ≥ 10×; categorical as C()), then + ln(measure). Shrink = 1 − "
+    "Σ|β_with|·sd / Σ|β_without|·sd over the hyperparameter coefficients: the share of their effect that "
+    "runs through the measure.",
+    "Excluded from every fit: trials that diverged, failed, were pruned or are still running, and completed "
+    "trials without a finite target or measure.",
+)
+
+
+# ---------------------------------------------------------------- MLflow
+
+def _log_report_run(table: TrialTable, files: Sequence[Path], out: Path, options: FitOptions,
+                    n_usable: int) -> str:
+    from mlflow.entities import Metric, Param
+
+    client = mlflow_client(table.tracking_uri)
+    tags = {"samtune.kind": "report"}
+    if table.search_run_id:
+        tags["samtune.search_run_id"] = table.search_run_id
+    run_id = client.create_run(table.experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
+                               tags=tags).info.run_id
+    try:
+        stamp = int(time.time() * 1000)
+        params = {"experiment": table.experiment_name, "search_run_id": table.search_run_id or "",
+                  "n_resamples": options.n_resamples, "confidence_level": options.confidence_level,
+                  "seed": options.seed}
+        metrics = {"n_trials_usable": n_usable, "n_trials_excluded": len(table.excluded)}
+        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+                         params=[Param(k, str(v)) for k, v in params.items()])
+        for path in files:
+            folder = path.parent.relative_to(out).as_posix()
+            client.log_artifact(run_id, str(path), artifact_path=None if folder == "." else folder)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,225 @@
+"""Model registry: published parameter counts, architecture details, forward shapes."""
+
+import pytest
+import torch
+from torch import nn
+
+from samtune.models import MODELS, create_model
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    # One intra-op thread: on a shared 2-core machine oversubscription costs more than it gains.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def wrn28_10():
+    torch.manual_seed(0)
+    return create_model("wrn28_10", num_classes=10).eval()
+
+
+# Published counts: ResNet-18 (CIFAR stem) 11,173,962 for 10 classes and 11.22M
+# for 100; WRN-28-10 36.5M (Zagoruyko & Komodakis 2016, Table 1), 36,479,194 in
+# the PyTorch reference ports for 10 classes; torchvision's VisionTransformer at
+# CIFAR scale (patch 4, depth 9, hidden 192, MLP 384): 2,714,980 for 100 classes;
+# torchvision's ResNet-50 model card: 25,557,032.
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected"),
+    [
+        ("resnet18", dict(num_classes=10), 11_173_962),
+        ("resnet18", dict(num_classes=100), 11_220_132),
+        ("vit_tiny", dict(num_classes=100), 2_714_980),
+        ("resnet50", dict(num_classes=1000, image_size=224), 25_557_032),
+    ],
+)
+def test_published_parameter_counts(name, kwargs, expected):
+    assert n_params(create_model(name, **kwargs)) == expected
+
+
+def test_wrn28_10_published_counts(wrn28_10):
+    assert n_params(wrn28_10) == 36_479_194 == wrn_closed_form(28, 10, 10)
+    assert wrn_closed_form(28, 10, 100) == 36_536_884
+
+
+def test_cifar_resnet_counts_follow_from_torchvision_imagenet_counts():
+    # torchvision resnet18 / resnet50 have 11,689,512 / 25,557,032 parameters with the
+    # 7x7x3x64 stem and a 1000-way head; the CIFAR stem is 3x3x3x64.
+    stem_change = 3 * 3 * 3 * 64 - 7 * 7 * 3 * 64
+    assert n_params(create_model("resnet18", num_classes=1000)) == 11_689_512 + stem_change
+    head_change = (2048 * 100 + 100) - (2048 * 1000 + 1000)
+    assert n_params(create_model("resnet50", num_classes=100)) == 25_557_032 + stem_change + head_change
+
+
+def wrn_closed_form(depth, widen, num_classes, in_channels=3):
+    """Parameter count of a pre-activation WRN, written out block by block."""
+    n = (depth - 4) // 6
+    widths = [16, 16 * widen, 32 * widen, 64 * widen]
+    total = in_channels * 16 * 9
+    for c_in, c in zip(widths[:-1], widths[1:]):
+        first = 2 * c_in + 9 * c_in * c + 2 * c + 9 * c * c + (c_in * c if c_in != c else 0)
+        total += first + (n - 1) * (2 * c + 9 * c * c + 2 * c + 9 * c * c)
+    return total + 2 * widths[-1] + widths[-1] * num_classes + num_classes
+
+
+@pytest.mark.parametrize(("depth", "widen"), [(16, 4), (10, 1), (22, 2)])
+def test_wrn_count_matches_closed_form(depth, widen):
+    model = create_model("wrn28_10", num_classes=100, in_channels=1, depth=depth, widen=widen)
+    assert n_params(model) == wrn_closed_form(depth, widen, 100, in_channels=1)
+
+
+def test_wrn_kaiming_fan_out_init(wrn28_10):
+    model = wrn28_10
+    conv = model.block2[0].conv1  # 160 -> 320: fan_in 1440, fan_out 2880
+    expected_std = (2.0 / (320 * 9)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
+    bn = model.block3[0].bn1
+    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    assert torch.all(model.fc.bias == 0)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "stride"), [(16, 32, 2), (32, 32, 1)])
+def test_wide_block_is_pre_activation(c_in, c_out, stride):
+    """Forward of one block against the WRN reference written with torch.nn.functional:
+    o = conv2(relu(bn2(conv1(a)))) + (a if identity else shortcut(a) with a = relu(bn1(x)))."""
+    from torch.nn import functional as F
+
+    from samtune.models import WideBasicBlock
+
+    block = WideBasicBlock(c_in, c_out, stride, dropout=0.0).eval()
+    for bn in (block.bn1, block.bn2):  # non-trivial running statistics and affine terms
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    x = torch.randn(2, c_in, 8, 8)
+
+    def bn(t, m):
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    pre = F.relu(bn(x, block.bn1))
+    out = F.conv2d(pre, block.conv1.weight, stride=stride, padding=1)
+    out = F.conv2d(F.relu(bn(out, block.bn2)), block.conv2.weight, padding=1)
+    shortcut = x if c_in == c_out else F.conv2d(pre, block.shortcut.weight, stride=stride)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out + shortcut)
+
+
+def test_wrn_rejects_bad_depth():
+    with pytest.raises(ValueError, match=r"depth .*27"):
+        create_model("wrn28_10", num_classes=10, depth=27)
+
+
+def test_resnet18_has_cifar_stem():
+    model = create_model("resnet18", num_classes=10)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = tuple(output.shape)
+
+        return hook
+
+    model.layer1.register_forward_hook(record("layer1"))
+    model.layer4.register_forward_hook(record("layer4"))
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # no down-sampling before layer1; three stride-2 stages after it
+    assert shapes == {"layer1": (2, 64, 32, 32), "layer4": (2, 512, 4, 4)}
+
+
+def test_resnet50_stem_follows_image_size():
+    assert isinstance(create_model("resnet50", num_classes=10, image_size=32).maxpool, nn.Identity)
+    large = create_model("resnet50", num_classes=10, image_size=224)
+    assert large.conv1.kernel_size == (7, 7) and isinstance(large.maxpool, nn.MaxPool2d)
+    forced = create_model("resnet18", num_classes=10, image_size=32, stem="imagenet")
+    assert forced.conv1.stride == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "batch", "in_channels", "image_size", "num_classes"),
+    [
+        ("resnet18", 2, 3, 32, 10),
+        ("resnet18", 2, 1, 28, 7),
+        ("resnet50", 2, 1, 32, 100),
+        ("vit_tiny", 2, 3, 32, 100),
+        ("vit_tiny", 2, 1, 28, 10),
+        ("small_cnn", 4, 1, 8, 10),
+        ("small_cnn", 4, 3, 32, 3),
+    ],
+)
+def test_forward_shape(name, batch, in_channels, image_size, num_classes):
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size).eval()
+    with torch.no_grad():
+        out = model(torch.randn(batch, in_channels, image_size, image_size))
+    assert out.shape == (batch, num_classes)
+    assert torch.isfinite(out).all()
+
+
+def test_wrn28_10_forward_shape(wrn28_10):
+    with torch.no_grad():
+        assert wrn28_10(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_vit_patch_size_must_divide_image():
+    with pytest.raises(ValueError, match=r"image_size .*30"):
+        create_model("vit_tiny", num_classes=10, image_size=30)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="resnet18, wrn28_10, vit_tiny, resnet50, small_cnn; got 'resnet9'"):
+        create_model("resnet9", num_classes=10)
+    with pytest.raises(ValueError, match="num_classes .*0"):
+        create_model("small_cnn", num_classes=0)
+    with pytest.raises(ValueError, match="in_channels .*2.5"):
+        create_model("small_cnn", num_classes=10, in_channels=2.5)
+    with pytest.raises(ValueError, match="unknown option.*widen.*'resnet18'"):
+        create_model("resnet18", num_classes=10, widen=2)
+    with pytest.raises(ValueError, match="stem .*'tiny'"):
+        create_model("resnet18", num_classes=10, stem="tiny")
+
+
+def test_registry_names_match_config_names():
+    assert set(MODELS) == {"resnet18", "wrn28_10", "vit_tiny", "resnet50", "small_cnn"}
+
+
+def test_small_cnn_is_small_and_has_batchnorm():
+    model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    assert 10_000 < n_params(model) < 100_000
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2
+
+
+def test_small_cnn_learns_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    x, y = datasets.load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    as_images = lambda a: torch.tensor(a / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)  # noqa: E731
+    x_train, x_test = as_images(x_train), as_images(x_test)
+    y_train, y_test = torch.tensor(y_train), torch.tensor(y_test)
+
+    model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        model.train()
+        for idx in torch.randperm(len(x_train), generator=generator).split(32):
+            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        test_error = (model(x_test).argmax(1) != y_test).float().mean().item()
+    assert test_error < 0.05

@@ -1,0 +1,175 @@
+"""End-to-end searches on a local Ray (127.0.0.1): Optuna, grid, ASHA, an
+injected failure retried from its checkpoint, and an MLflow server checked
+through its REST API."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from samtune.search import FAULT_ENV, configure_ray_environment, run_search
+from samtune.spec import parse_search_spec
+
+pytestmark = pytest.mark.slow
+
+TINY_TRIAL = {"epochs": 2, "batch_size": 64, "batch_growth_ratio": 1.0, "batch_stages": 1,
+              "train_eval_examples": 256, "sharpness": ["ascent", "norm_param_l2"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    configure_ray_environment(local=True)
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 2**20)
+    assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+    yield
+    ray.shutdown()
+
+
+def make_spec(name, **extra):
+    data = {"name": name, "trial": dict(TINY_TRIAL), "samples": 4, "concurrency": 2,
+            "resources": {"cpu": 1}, "seed": 3}
+    data.update(extra)
+    return parse_search_spec(data)
+
+
+def children(uri, name):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("samtune.kind") == "search"]
+    trials = [r for r in runs if r.data.tags.get("samtune.kind") == "trial"]
+    return client, parents, trials
+
+
+def test_optuna_search_records_every_trial_as_a_child_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = make_spec("optuna-e2e", search={
+        "rho": {"loguniform": [0.01, 0.3]},
+        "lr_shape": {"choice": ["constant", "cosine"]}})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
+    client, parents, trials = children(uri, "optuna-e2e")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 4
+    assert len({t.data.tags["samtune.trial_id"] for t in trials}) == 4
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["samtune.status"] == "completed"
+        assert run.info.status == "FINISHED"
+        assert 0.01 <= float(run.data.params["rho"]) <= 0.3
+        for key in ("final_test_error", "final_gen_gap", "sharpness_ascent", "norm_param_l2"):
+            assert key in run.data.metrics
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_error")]
+        assert sorted(steps) == [1, 2]
+    # Optuna sampled distinct radii (TPE, seeded)
+    assert len({t.data.params["rho"] for t in trials}) == 4
+
+
+def test_grid_search_runs_every_combination_with_bundles(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = make_spec("grid-e2e", samples=1, grid={
+        "optimizer": ["sgd", "gsam"],
+        "schedule": {"constant": {"lr_shape": "constant"},
+                     "+C": {"lr_shape": "cosine", "lr_final": 0.001}}})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
+    _, _, trials = children(uri, "grid-e2e")
+    combos = sorted((t.data.params["optimizer"], t.data.params["schedule"], t.data.params["lr_shape"])
+                    for t in trials)
+    assert combos == [("gsam", "+C", "cosine"), ("gsam", "constant", "constant"),
+                      ("sgd", "+C", "cosine"), ("sgd", "constant", "constant")]
+
+
+def test_failed_trial_resumes_from_checkpoint_into_its_own_run(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = tmp_path / "ray"
+    monkeypatch.setenv(FAULT_ENV, "1")  # every trial raises once, after its first epoch
+    spec = make_spec("retry-e2e", samples=2, trial=TINY_TRIAL | {"epochs": 3},
+                     search={"rho": {"uniform": [0.02, 0.1]}})
+    assert run_search(spec, tracking_uri=uri, storage=str(storage)) == 0
+    client, _, trials = children(uri, "retry-e2e")
+    assert len(trials) == 2  # no second run for a retried trial
+    markers = [p for p in storage.iterdir() if p.is_file()]
+    assert len(markers) == 2  # both trials did fail once
+    for run in trials:
+        assert run.data.tags["samtune.status"] == "completed"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_error"))
+        assert steps == [1, 2, 3]  # resumed at epoch 2 from the epoch-1 checkpoint
+        samples = client.get_metric_history(run.info.run_id, "samples_seen")
+        assert len(samples) == 3
+
+
+def test_asha_stops_trials_and_marks_them_pruned(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = make_spec("asha-e2e", samples=4, trial=TINY_TRIAL | {"epochs": 4},
+                     search={"lr": {"loguniform": [1e-4, 0.1]}},
+                     scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
+    _, _, trials = children(uri, "asha-e2e")
+    assert len(trials) == 4
+    assert all(t.info.status != "RUNNING" for t in trials)
+    statuses = {t.data.tags["samtune.status"] for t in trials}
+    assert statuses <= {"completed", "pruned"} and "completed" in statuses
+    # which trials ASHA stops depends on report timing; a stopped one is closed as pruned
+    for t in trials:
+        if t.data.tags["samtune.status"] == "pruned":
+            assert t.info.status == "KILLED"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{tmp_path}/server.db", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            assert server.poll() is None, "mlflow server exited"
+            time.sleep(0.5)  # polling for readiness, not waiting out a race
+    yield url
+    os.killpg(server.pid, 15)
+    server.wait(timeout=60)
+
+
+def _rest(url, path, payload=None):
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_search_against_mlflow_server_is_visible_through_rest(tmp_path, mlflow_server):
+    spec = make_spec("server-e2e", samples=3, search={"alpha": {"uniform": [0.0, 0.5]}})
+    assert run_search(spec, tracking_uri=mlflow_server, storage=str(tmp_path / "ray")) == 0
+    experiment = _rest(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=server-e2e")
+    experiment_id = experiment["experiment"]["experiment_id"]
+    found = _rest(mlflow_server, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [experiment_id], "filter": "tags.`samtune.kind` = 'trial'", "max_results": 100})
+    runs = found["runs"]
+    assert len(runs) == 3
+    for run in runs:
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"final_test_error", "test_error", "sharpness_ascent"} <= metrics
+        assert run["info"]["status"] == "FINISHED"
