@@ -19,6 +19,7 @@ h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 .summary { background: #f5f7fa; border-left: 4px solid #4a78b0; padding: 0.6em 1.2em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
 th, td { border: 1px solid #d0d0d0; padding: 0.25em 0.5em; text-align: right; }
+td { white-space: nowrap; } .notes { font-size: 0.85em; color: #444; }
 th { background: #eef1f5; } td.text { text-align: left; }
 .scroll { overflow-x: auto; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; }
@@ -37,6 +38,7 @@ class Section:
     title: str
     paragraphs: tuple[str, ...] = ()
     table: pd.DataFrame | None = None
+    notes: tuple[str, ...] = ()          # shown under the table
     figures: tuple[FigureRef, ...] = ()
 
 
@@ -102,6 +104,9 @@ def render_html(document: Document, root: Path) -> str:
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
         if section.table is not None:
             parts.append(html_table(section.table))
+        if section.notes:
+            items = "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
+            parts.append(f'<ul class="notes">{items}</ul>')
         for figure in section.figures:
             parts.append(f'<figure><img alt="{html.escape(figure.caption)}" src="{_png_data_uri(root / figure.path)}">'
                          f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
@@ -120,6 +125,8 @@ def render_markdown(document: Document) -> str:
             lines += [paragraph, ""]
         if section.table is not None:
             lines += [markdown_table(section.table), ""]
+        if section.notes:
+            lines += [f"- {n}" for n in section.notes] + [""]
         for figure in section.figures:
             lines += [f"![{figure.caption}]({figure.path})", "", f"*{figure.caption}*", ""]
     return "\n".join(lines)

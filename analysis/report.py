@@ -188,8 +188,12 @@ def fits_display(fits: pd.DataFrame, target: str) -> pd.DataFrame:
         "R² hparams": rows["r2_hparams"],
         "R² hparams + measure": rows["r2_hparams_measure"],
         "hparam shrink": rows["hparams_shrink"],
-        "notes": rows["notes"].fillna(""),
     }).reset_index(drop=True)
+
+
+def fit_notes(fits: pd.DataFrame, target: str) -> tuple[str, ...]:
+    rows = fits[(fits["target"] == target) & (fits["notes"].fillna("") != "")]
+    return tuple(f"{m}: {note}" for m, note in zip(rows["measure"], rows["notes"]))
 
 
 def groups_display(groups: pd.DataFrame, grouping: Grouping, values: Sequence[str]) -> pd.DataFrame:
@@ -209,7 +213,8 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
                                             f"{options.n_resamples} resamples, seed {options.seed}).",),
                         figures=tuple(refs["ranking"]))]
     for target in targets:
-        sections.append(Section(f"Fits against {target}", table=fits_display(results.fits, target)))
+        sections.append(Section(f"Fits against {target}", table=fits_display(results.fits, target),
+                                notes=fit_notes(results.fits, target)))
     sections.append(Section("Scatter plots", (f"Black line: OLS of the target on ln(measure); band: {level} "
                                               "CI of the fitted mean (HC3).",), figures=tuple(refs["scatter"])))
     sections.append(Section("Groups", ("Mean ± sample standard deviation per cell; schedule: constant, +B "

@@ -44,8 +44,9 @@ def data_paragraph(inputs: SummaryInputs) -> str:
     dropped = sum(inputs.excluded.values())
     if dropped:
         parts = ", ".join(f"{n} {status}" for status, n in inputs.excluded.items())
-        text += (f" {dropped} trials were left out of every fit ({parts}); "
-                 "“completed” ones among them lacked final metrics.")
+        text += f" {dropped} trials were left out of every fit ({parts})"
+        text += ("; the completed ones among them lack a finite target or measure."
+                 if schema.COMPLETED in inputs.excluded else ".")
     axes = ", ".join(inputs.axes) if inputs.axes else "none"
     text += f" Hyperparameters that vary across the trials: {axes}."
     if inputs.seeds > 1:
@@ -66,7 +67,7 @@ def headline_paragraph(fits: pd.DataFrame, target: str, level: float) -> str:
     if np.isfinite(best["ols_slope"]):
         text += (f" A tenfold larger {best['measure']} goes with a change of {best['ols_slope'] * np.log(10):+.3g} "
                  f"in {target} ({_ci_scaled(best)}; R² = {best['r2']:.2f}).")
-    reliable = [m for m, (_, r) in zip(rows["measure"], rows.iterrows()) if _excludes_zero(r)]
+    reliable = [r["measure"] for _, r in rows.iterrows() if _excludes_zero(r)]
     unclear = [m for m in rows["measure"] if m not in reliable]
     if reliable:
         text += f" τ's CI excludes zero for: {', '.join(reliable)}."
@@ -83,7 +84,14 @@ def _ci_scaled(row: pd.Series) -> str:
 
 
 def confounding_paragraph(fits: pd.DataFrame, target: str) -> str:
-    rows = fits[(fits["target"] == target) & np.isfinite(fits["partial_r"].astype(float))]
+    fitted = fits[(fits["target"] == target) & np.isfinite(fits["kendall_tau"].astype(float))]
+    rows = fitted[np.isfinite(fitted["partial_r"].astype(float))]
+    proxies = [m for m, note in zip(fitted["measure"], fitted["notes"].fillna(""))
+               if "partial correlation undefined" in note]
+    proxy_text = (f" The ranks of {', '.join(proxies)} follow {schema.CONTROL} exactly: no information "
+                  "beyond training loss." if proxies else "")
+    if rows.empty and proxies:
+        return f"Holding {schema.CONTROL} fixed is not possible:{proxy_text}"
     if rows.empty:
         return (f"The partial correlation controlling for {schema.CONTROL} is not available, so part of "
                 "any association may only reflect how well each trial fit its training set.")
@@ -96,7 +104,7 @@ def confounding_paragraph(fits: pd.DataFrame, target: str) -> str:
     if explained:
         text += (f" For {', '.join(explained)} it mostly disappears: their link with {target} is "
                  "largely explained by training loss.")
-    return text
+    return text + proxy_text
 
 
 def hyperparameter_paragraph(fits: pd.DataFrame, target: str) -> str:

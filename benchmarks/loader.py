@@ -54,7 +54,11 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-batches", type=int, default=None, help="time this many batches, scale to an epoch")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: per-item transforms are single-threaded anyway, "
+                             "and intra-op threads thrash on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     if args.data is None:

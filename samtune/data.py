@@ -48,7 +48,7 @@ class DatasetNotFound(FileNotFoundError):
     """A data set is not where it was looked for; the message says where and how to get it."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on tensors is ambiguous: compare by identity
 class TensorData:
     """One data set, both splits, as tensors on one device.
 
@@ -132,6 +132,8 @@ def draw_epoch_plan(
 
     Drawing on the CPU keeps the batches identical on every device for a given seed.
     """
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     order = torch.randperm(n, generator=generator) if shuffle else None
     if augment == "none":
         return EpochPlan(order, None, None, None)
@@ -151,22 +153,20 @@ def crop_flip(
     pad_mode: str = "constant",
     fill: float | Sequence[float] = 0.0,
 ) -> Tensor:
-    """Per-sample crop of the padded batch, then mirror, in one gather.
+    """Per-sample crop of the padded batch, then mirror.
 
     With P = x padded by `pad` on every side (constant `fill`, per channel if a
     sequence, or reflection), out[b, c, i, j] = P[b, c, top[b] + i, left[b] + j'] where
     j' = W - 1 - j if flip[b] else j. This is torchvision's RandomCrop(size, padding=pad)
     followed by RandomHorizontalFlip with the offsets and flags given.
     """
-    _, _, height, width = x.shape
-    padded = pad_images(x, pad, pad_mode=pad_mode, fill=fill)
+    batch, _, height, width = x.shape
     device = x.device
-    rows = top.to(device)[:, None] + torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    cols = left.to(device)[:, None] + torch.where(flip.to(device)[:, None], cols.flip(0), cols)
-    batch = torch.arange(x.shape[0], device=device)[:, None, None, None]
-    channel = torch.arange(x.shape[1], device=device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    # unfold gives a view of every (2*pad+1)^2 window, so picking one per sample is a
+    # gather with (B,) indices: ~5x faster on CPU than indexing with (B, C, H, W) grids.
+    windows = pad_images(x, pad, pad_mode=pad_mode, fill=fill).unfold(2, height, 1).unfold(3, width, 1)
+    crops = windows[torch.arange(batch, device=device), :, top.to(device), left.to(device)]
+    return torch.where(flip.to(device)[:, None, None, None], crops.flip(-1), crops)
 
 
 def pad_images(
@@ -272,7 +272,8 @@ class DeviceLoader:
 
     def _batches(self, plan: EpochPlan, batch_size: int, n_batches: int):
         device = self.x.device
-        order = None if plan.order is None else plan.order.to(device)
+        # one host-to-device copy per epoch, not per batch
+        order, top, left, flip = (None if t is None else t.to(device) for t in plan)
         for k in range(n_batches):
             start, stop = k * batch_size, min((k + 1) * batch_size, len(self.x))
             if order is None:
@@ -280,9 +281,9 @@ class DeviceLoader:
             else:
                 index = order[start:stop]
                 xb, yb = self.x[index], self.y[index]
-            if plan.top is not None:
+            if top is not None:
                 xb = crop_flip(
-                    xb, plan.top[start:stop], plan.left[start:stop], plan.flip[start:stop],
+                    xb, top[start:stop], left[start:stop], flip[start:stop],
                     pad=self.pad, pad_mode=self.pad_mode, fill=self.fill,
                 )
             yield xb, yb
@@ -414,9 +415,10 @@ def _load_digits(root: Path, download: bool) -> TensorData:
         pixels, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
     )
     mean, std = float(train.mean()), float(train.std())
-    as_images = lambda a: torch.as_tensor(a, dtype=torch.float32).view(-1, 1, 8, 8)  # noqa: E731
     return _image_data(
-        "digits", as_images(train), train_y, as_images(test), test_y,
+        "digits",
+        torch.as_tensor(train, dtype=torch.float32).view(-1, 1, 8, 8), train_y,
+        torch.as_tensor(test, dtype=torch.float32).view(-1, 1, 8, 8), test_y,
         mean=(mean,), std=(std,), classes=[str(d) for d in range(10)], augment="none",
     )
 
@@ -539,6 +541,14 @@ DATASETS: dict[str, Callable[[Path, bool], TensorData]] = {
 }
 
 
+def check_dataset_name(name: str) -> str:
+    """Return `name` if load_dataset accepts it (without touching the disk), else raise ValueError."""
+    if isinstance(name, str):
+        if name in DATASETS or (name.startswith(IMAGEFOLDER_PREFIX) and name != IMAGEFOLDER_PREFIX):
+            return name
+    raise ValueError(f"dataset must be one of {sorted(DATASETS)} or 'imagefolder:<path>', got {name!r}")
+
+
 def load_dataset(
     name: str,
     *,
@@ -554,13 +564,9 @@ def load_dataset(
     be downloaded, and only with download=True. A missing set raises DatasetNotFound
     (a FileNotFoundError) naming the path looked at and how to get the data.
     """
+    check_dataset_name(name)
     if name.startswith(IMAGEFOLDER_PREFIX):
-        folder = name[len(IMAGEFOLDER_PREFIX) :]
-        if not folder:
-            raise ValueError(f"dataset {name!r} needs a folder: 'imagefolder:<path>'")
-        data = load_imagefolder(folder)
-    elif name in DATASETS:
-        data = DATASETS[name](data_root(root), download)
+        data = load_imagefolder(name[len(IMAGEFOLDER_PREFIX) :])
     else:
-        raise ValueError(f"dataset must be one of {sorted(DATASETS)} or 'imagefolder:<path>', got {name!r}")
+        data = DATASETS[name](data_root(root), download)
     return data.to(device)

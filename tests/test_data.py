@@ -18,6 +18,7 @@ from PIL import Image
 from samtune.data import (
     DatasetNotFound,
     DeviceLoader,
+    check_dataset_name,
     crop_flip,
     draw_epoch_plan,
     fixed_batches,
@@ -389,3 +390,10 @@ def test_missing_sets_raise_file_not_found_naming_the_path_and_how_to_get_it(tmp
 def test_unknown_dataset_name_lists_the_choices():
     with pytest.raises(ValueError, match=r"dataset must be one of \['cifar10', 'cifar100', 'digits', 'tiny-imagenet'\]"):
         load_dataset("mnist")
+
+
+@pytest.mark.parametrize("bad", ["imagefolder:", None, "CIFAR10"])
+def test_dataset_names_are_checked_without_loading(bad):
+    assert check_dataset_name("imagefolder:/anywhere") == "imagefolder:/anywhere"
+    with pytest.raises(ValueError, match="imagefolder:<path>"):
+        check_dataset_name(bad)
