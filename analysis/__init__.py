@@ -4,10 +4,9 @@
 statistics modules does not import MLflow.
 """
 
-from analysis.errors import AnalysisError, NoMeasures, NotEnoughTrials, UnknownExperiment
+from analysis.errors import AnalysisError, NotEnoughTrials, UnknownExperiment
 
-__all__ = ["AnalysisError", "NoMeasures", "NotEnoughTrials", "ReportResult", "UnknownExperiment",
-           "build_report"]
+__all__ = ["AnalysisError", "NotEnoughTrials", "ReportResult", "UnknownExperiment", "build_report"]
 
 
 def __getattr__(name: str):

@@ -15,6 +15,3 @@ class UnknownExperiment(AnalysisError, LookupError):
 class NotEnoughTrials(AnalysisError):
     """Fewer usable trials than the fits need (at least ``MIN_TRIALS``)."""
 
-
-class NoMeasures(AnalysisError):
-    """The usable trials log no ``sharpness_*`` / ``norm_*`` metric or no target."""

@@ -50,6 +50,8 @@ FIT_COLUMNS = [
 ]
 # a positive hyperparameter spanning at least this ratio enters the regression as its log
 LOG_SPAN = 10.0
+# below this many residual degrees of freedom the hyperparameter regression gets a caution
+FEW_RESIDUAL_DF = 5
 
 
 @dataclass(frozen=True)
@@ -140,9 +142,11 @@ def fit_band(x: np.ndarray, y: np.ndarray, grid: np.ndarray, *, log: bool,
     """Fitted mean of y over ``grid`` with its (HC3) confidence band: ``x, mean, low, high``;
     ``log`` regresses on ln(x)."""
     transform = np.log if log else np.asarray
-    result = _ols(transform(x), y)
-    frame = result.get_prediction(sm.add_constant(transform(grid), has_constant="add")).summary_frame(
-        alpha=1.0 - confidence_level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in ols_fit: an undefined HC3 band stays nan
+        result = _ols(transform(x), y)
+        frame = result.get_prediction(sm.add_constant(transform(grid), has_constant="add")).summary_frame(
+            alpha=1.0 - confidence_level)
     return pd.DataFrame({"x": grid, "mean": frame["mean"].to_numpy(),
                          "low": frame["mean_ci_lower"].to_numpy(), "high": frame["mean_ci_upper"].to_numpy()})
 
@@ -249,8 +253,11 @@ def hyperparameter_regression(trials: pd.DataFrame, *, target: str, measure: str
     base = "target_value ~ " + " + ".join(terms)
     without, note_without = _fit_formula(base, design)
     with_measure, note_with = _fit_formula(base + " + measure_value", design)
+    few_df = (with_measure is not None and not note_with and with_measure.df_resid < FEW_RESIDUAL_DF)
     notes = [f"hyperparameters only: {note_without}" if note_without else "",
              f"with the measure: {note_with}" if note_with else "",
+             f"only {int(with_measure.df_resid)} residual degree(s) of freedom with the measure: "
+             "R² is inflated" if few_df else "",
              "" if log else "measure enters linearly (non-positive values)"]
     note = "; ".join(n for n in notes if n)
     r2_without = without.rsquared if without is not None else np.nan

@@ -20,7 +20,7 @@ h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
 th, td { border: 1px solid #d0d0d0; padding: 0.25em 0.5em; text-align: right; }
 td { white-space: nowrap; } .notes { font-size: 0.85em; color: #444; }
-th { background: #eef1f5; } td.text { text-align: left; }
+th { background: #eef1f5; } td.text, th.text { text-align: left; }
 .scroll { overflow-x: auto; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
@@ -67,8 +67,9 @@ def _is_text_column(values: pd.Series) -> bool:
 
 
 def html_table(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     text_cols = [_is_text_column(frame[c]) for c in frame.columns]
+    head = "".join(f'<th class="text">{html.escape(str(c))}</th>' if is_text else f"<th>{html.escape(str(c))}</th>"
+                   for c, is_text in zip(frame.columns, text_cols))
     rows = []
     for record in frame.itertuples(index=False):
         cells = "".join(

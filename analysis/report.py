@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures, schema
-from analysis.errors import NoMeasures, NotEnoughTrials
+from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
 from analysis.granulated import agreement_table
 from analysis.load import (TrialTable, grouping_keys, load_histories, load_trials, mlflow_client,
@@ -45,18 +45,15 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
                  confidence_level: float = 0.95, seed: int = 0) -> ReportResult:
     """Write the sharpness–generalization report of ``experiment`` into ``out_dir``.
 
-    Raises ``UnknownExperiment`` (unknown experiment or search run), ``NotEnoughTrials``
-    (fewer than 3 usable trials) or ``NoMeasures`` (no sharpness_*/norm_* metric or no
-    target) — all ``ValueError``.
+    Raises ``UnknownExperiment`` (unknown experiment or search run) or ``NotEnoughTrials``
+    (fewer than 3 usable trials; the message lists why the others were excluded), both
+    ``ValueError``.
     """
     options = FitOptions(n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
     table = load_trials(experiment, tracking_uri=tracking_uri, search_run_id=search_run_id)
     usable = _check_usable(table)
+    # a usable trial has a finite target and measure, so neither list is empty
     measures, targets = schema.measure_columns(usable), schema.target_columns(usable)
-    if not measures or not targets:
-        raise NoMeasures(f"experiment {experiment!r}: the usable trials log no "
-                         f"{'sharpness_* / norm_* metric' if not measures else 'final target metric'}; "
-                         f"expected names like sharpness_worst_linf_adaptive and {', '.join(schema.TARGETS)}")
     axes = searched_axes(usable, table.params, table.declared_search_keys)
     keys = grouping_keys(usable, table.params)
     results = fit_all(usable, measures=measures, targets=targets, axes=axes, keys=keys, options=options)
@@ -234,6 +231,11 @@ def _axes_section(axes: Sequence[str], results: FitResults, target: str) -> Sect
         return Section("One-axis comparisons", ("No hyperparameter varies across the usable trials.",))
     agreement = agreement_table(results.granulated)
     agreement = agreement[agreement["target"] == target].drop(columns="target")
+    if agreement["pairs"].sum() == 0:
+        return Section("One-axis comparisons", (
+            f"No two trials differ in one searched axis only ({', '.join(axes)}), with every other "
+            "parameter and the seed equal, so the granulated Kendall Ψ and the sign-error are not "
+            "available. TPE and random searches rarely produce such pairs; a grid search does.",))
     text = (f"Per searched axis, against {target}: groups of trials equal in every other parameter "
             "(seed included), the pairs they contain, ψ and the sign-errors.",)
     return Section("One-axis comparisons", text, table=agreement.reset_index(drop=True))

@@ -10,8 +10,8 @@ import pandas as pd
 
 from analysis import schema
 
-# |partial r| below this counts as "explained by training loss"
-WEAK_PARTIAL = 0.2
+# partial correlations with a p-value below this are called an association that remains
+SIGNIFICANT = 0.05
 
 
 @dataclass(frozen=True)
@@ -95,24 +95,30 @@ def confounding_paragraph(fits: pd.DataFrame, target: str) -> str:
     if rows.empty:
         return (f"The partial correlation controlling for {schema.CONTROL} is not available, so part of "
                 "any association may only reflect how well each trial fit its training set.")
-    explained = [r["measure"] for _, r in rows.iterrows()
-                 if abs(r["partial_r"]) < WEAK_PARTIAL and abs(r["kendall_tau"]) >= WEAK_PARTIAL]
-    kept = [f"{r['measure']} (r = {r['partial_r']:.2f})" for _, r in rows.iterrows()
-            if abs(r["partial_r"]) >= WEAK_PARTIAL]
+    kept = [r for _, r in rows.iterrows() if r["partial_p"] < SIGNIFICANT]
+    explained = [r["measure"] for _, r in rows.iterrows() if _excludes_zero(r) and r["partial_p"] >= SIGNIFICANT]
     text = f"Holding {schema.CONTROL} fixed (partial Spearman correlation): "
-    text += f"an association remains for {', '.join(kept)}." if kept else "no measure keeps |r| ≥ 0.2."
+    if kept:
+        text += "an association remains (p < 0.05) for " + ", ".join(
+            f"{r['measure']} (r = {r['partial_r']:.2f})" for r in kept) + "."
+    else:
+        text += "no measure keeps an association distinguishable from zero (p < 0.05)."
     if explained:
-        text += (f" For {', '.join(explained)} it mostly disappears: their link with {target} is "
-                 "largely explained by training loss.")
+        text += (f" For {', '.join(explained)}, the association with {target} is no longer distinguishable "
+                 "from zero: it is largely explained by training loss.")
     return text + proxy_text
+
+
+def _regression_note(notes: str) -> str:
+    marker = "hyperparameter regression: "
+    return notes.split(marker, 1)[1].split("; measure enters")[0] if marker in notes else ""
 
 
 def hyperparameter_paragraph(fits: pd.DataFrame, target: str) -> str:
     rows = fits[(fits["target"] == target) & np.isfinite(fits["r2_hparams_measure"].astype(float))]
     if rows.empty:
-        notes = fits.loc[fits["target"] == target, "notes"].dropna()
-        reason = next((n.split("hyperparameter regression: ")[1] for n in notes
-                       if "hyperparameter regression: " in n), "no hyperparameter varies")
+        notes = fits.loc[fits["target"] == target, "notes"].fillna("")
+        reason = next((_regression_note(n) for n in notes if _regression_note(n)), "no hyperparameter varies")
         return f"The regression on the searched hyperparameters is not available ({reason})."
     best = rows.assign(gain=rows["r2_hparams_measure"] - rows["r2_hparams"]).sort_values("gain").iloc[-1]
     text = (f"The searched hyperparameters alone explain R² = {best['r2_hparams']:.2f} of {target}; "
@@ -121,8 +127,9 @@ def hyperparameter_paragraph(fits: pd.DataFrame, target: str) -> str:
         text += (f", and the hyperparameters' coefficients shrink by {best['hparams_shrink']:.0%} "
                  "(the share of their effect that runs through this measure).")
     else:
-        text += " (coefficients not identified: see the notes column)."
-    return text
+        text += " (coefficients not identified)."
+    caution = _regression_note(best["notes"] if isinstance(best["notes"], str) else "")
+    return text + (f" Caution: {caution}." if caution else "")
 
 
 def granulated_paragraph(fits: pd.DataFrame, target: str) -> str:

@@ -69,7 +69,8 @@ def main():
     else:
         start = time.perf_counter()
         data = load_dataset(args.data, device=device)
-        print(f"data: {args.data} {tuple(data.train_x.shape)} on {device}, loaded in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        print(f"data: {args.data} {tuple(data.train_x.shape)} on {device}, loaded in {seconds:.1f} s")
         x, y, pad, fill = data.train_x, data.train_y, data.pad, list(data.pad_fill)
 
     size = x.shape[-1]

@@ -218,6 +218,7 @@ def _param_space(spec: SearchSpec, meta: dict[str, Any], resources: dict[str, fl
     from ray import tune
 
     space = dict(spec.trial)
+    _absolute_data_paths(space)
     if "device" not in space:
         space["device"] = "cuda" if resources.get("gpu", 0) > 0 else "cpu"
     if "num_threads" not in space:
@@ -226,6 +227,16 @@ def _param_space(spec: SearchSpec, meta: dict[str, Any], resources: dict[str, fl
         space[key] = tune.grid_search([getattr(v, "name", v) for v in values])
     space[META_KEY] = meta
     return space
+
+
+def _absolute_data_paths(space: dict[str, Any]) -> None:
+    """Ray runs each trial in its own directory: resolve data paths in the driver."""
+    from samtune.data import data_root
+
+    space["data_dir"] = str(data_root(space.get("data_dir")).resolve())
+    dataset = str(space.get("dataset", ""))
+    if dataset.startswith("imagefolder:"):
+        space["dataset"] = "imagefolder:" + str(Path(dataset.removeprefix("imagefolder:")).resolve())
 
 
 def _tune_config(spec: SearchSpec):

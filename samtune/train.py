@@ -14,6 +14,7 @@ the loop position, so that a resumed trial is identical to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from samtune import sharpness
 from samtune.config import TrialConfig
-from samtune.data import DeviceLoader, fixed_batches, load_dataset
+from samtune.data import fixed_batches, load_dataset
 from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
 from samtune.schedules import TrialSchedule
@@ -87,8 +88,7 @@ class Trial:
         self.device = resolve_device(config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.data = load_dataset(config.dataset, root=config.data_dir, device=self.device,
-                                 download=config.download)
+        self.data = cached_dataset(config.dataset, config.data_dir, str(self.device), config.download)
         self.model, self.init_params = build_model(config, self.data, self.device)
         self.optimizer = create_optimizer(
             self.model.parameters(), optimizer=config.optimizer,
@@ -97,10 +97,8 @@ class Trial:
             adaptive=config.adaptive, eta=config.eta)
         self.two_pass = is_two_pass(self.optimizer)
         self.schedule = TrialSchedule.from_config(config)
-        augment = self.data.augment if config.augment else "none"
-        self.loader = DeviceLoader(self.data.train_x, self.data.train_y,
-                                   batch_size=self.schedule.batch_size(0), shuffle=True,
-                                   drop_last=True, augment=augment, seed=config.seed)
+        self.loader = self.data.train_loader(batch_size=self.schedule.batch_size(0), seed=config.seed,
+                                             augment=None if config.augment else "none")
         self.loss_fn = loss_function(config)
         self.state = LoopState()
 
@@ -226,6 +224,13 @@ class Trial:
                                 batch_size=self.config.sharpness_batch)
         return sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
                                      init_params=self.init_params, seed=self.config.seed)
+
+
+@functools.lru_cache(maxsize=1)
+def cached_dataset(name: str, root: str | None, device: str, download: bool):
+    """The last data set loaded in this process: Ray reuses a worker for the next
+    trial, which then skips decoding the set again."""
+    return load_dataset(name, root=root, device=device, download=download)
 
 
 def build_model(config: TrialConfig, data, device: torch.device):

@@ -263,3 +263,37 @@ def test_exclusion_reasons_and_axes():
     params = ["rho", "seed", "device", "epochs"]
     assert searched_axes(trials, params) == ["rho"]
     assert grouping_keys(trials, params) == ["rho", "seed"]
+
+
+def test_summary_of_tpe_like_trials_says_what_is_not_available():
+    from analysis.summary import SummaryInputs, summarize
+
+    rng = np.random.default_rng(7)
+    n = 8
+    frame = pd.DataFrame({"rho": np.exp(rng.uniform(np.log(0.01), np.log(0.5), n)),
+                          "lr_shape": rng.choice(["constant", "cosine"], n),
+                          "batch_growth_ratio": rng.uniform(1, 4, n), "seed": 0})
+    log_sharp = -np.log(frame["rho"]) + rng.normal(0, 0.3, n)
+    frame["sharpness_x"] = np.exp(log_sharp)
+    frame["final_test_error"] = 0.2 + 0.03 * log_sharp + rng.normal(0, 0.01, n)
+    frame["final_train_loss"] = rng.uniform(0.01, 0.1, n)
+    axes = ["rho", "lr_shape", "batch_growth_ratio"]
+    fits = fit_all(frame, measures=["sharpness_x"], targets=["final_test_error"], axes=axes,
+                   keys=axes, options=FAST).fits
+    assert fits["one_axis_pairs"].iloc[0] == 0
+    inputs = SummaryInputs("tpe", None, n, {"diverged": 1}, axes, 1, fits, 0.95)
+    text = " ".join(summarize(inputs, ["final_test_error"]))
+    assert "8 usable trials" in text and "(1 diverged)" in text
+    assert "Ψ and the sign-error need trials that differ in one searched hyperparameter only" in text
+    assert "residual degree(s) of freedom" in text   # 8 trials, 5 + 1 coefficients
+
+
+def test_render_escapes_html_and_markdown_pipes(tmp_path):
+    from analysis.render import Document, Section, render_html, render_markdown
+
+    table = pd.DataFrame({"measure": ["a|b <x>"], "value": [0.123456]})
+    document = Document("t <1>", ("s & t",), (Section("sec", ("p",), table=table, notes=("n1",)),))
+    page = render_html(document, tmp_path)
+    assert "a|b &lt;x&gt;" in page and "t &lt;1&gt;" in page and "s &amp; t" in page and "0.123" in page
+    markdown = render_markdown(document)
+    assert "| a\\|b <x> | 0.123 |" in markdown and "- n1" in markdown

@@ -62,18 +62,21 @@ class GSAM(SAM):
             return
         perturbed_grads = [p.grad for p, _ in pairs]
         first_grads = [g for _, g in pairs]
-        # Elementwise products then sums: matmul-like ops would be cast to low precision under autocast.
-        inner = torch.stack([(g * gs).sum() for g, gs in zip(first_grads, perturbed_grads)]).sum()
+        # torch.dot is on no autocast cast list (matmul is), so the inner product stays in fp32.
+        inner = torch.stack([torch.dot(p.grad.reshape(-1), g.reshape(-1)) for p, g in pairs])
         norm_g = _global_norm(first_grads)
         norm_gs = _global_norm(perturbed_grads)
-        cosine = inner / (norm_gs * norm_g + PERTURB_EPS)
-        coefficient = cosine * norm_g / (norm_gs + PERTURB_EPS)
+        cosine = inner.sum() / (norm_gs * norm_g + PERTURB_EPS)
+        coefficient = cosine * norm_g / (norm_gs + PERTURB_EPS)  # g_⊥ = g − coefficient · g_s
 
         for group in self.param_groups:
             members = {id(p) for p in group["params"]}
             group_pairs = [(p.grad, g) for p, g in pairs if id(p) in members]
             if not group_pairs:
                 continue
+            alpha = group["alpha"]
             grads = [gs for gs, _ in group_pairs]
-            orthogonal = torch._foreach_sub([g for _, g in group_pairs], torch._foreach_mul(grads, coefficient))
-            torch._foreach_add_(grads, orthogonal, alpha=-group["alpha"])
+            # d = g_s − α (g − coefficient · g_s) = (1 + α · coefficient) g_s − α g, updated in place
+            # to spare two gradient-sized temporaries; α = 0 leaves g_s bit for bit.
+            torch._foreach_mul_(grads, 1 + alpha * coefficient)
+            torch._foreach_add_(grads, [g for _, g in group_pairs], alpha=-alpha)

@@ -1,0 +1,26 @@
+"""The value a measure returns, with its own error estimate where it has one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured number.
+
+    value:      the measure (``float(measurement)`` gives it too).
+    stderr:     Monte-Carlo standard error, for the estimates that average random
+                draws (average-case sharpness, Hutchinson's trace).
+    residual:   ``‖H y − θ y‖`` of the returned Ritz pair (Lanczos); a symmetric
+                ``H`` has an eigenvalue within ``±residual`` of ``value``.
+    iterations: Lanczos iterations, Monte-Carlo samples or ascent steps used.
+    """
+
+    value: float
+    stderr: float | None = None
+    residual: float | None = None
+    iterations: int | None = None
+
+    def __float__(self) -> float:
+        return self.value
