@@ -20,6 +20,7 @@ Every statistic comes from scipy or statsmodels:
 
 from __future__ import annotations
 
+import keyword
 import re
 import warnings
 from dataclasses import dataclass
@@ -192,8 +193,9 @@ class HyperparameterRegression:
 
 
 def _safe_name(name: str) -> str:
+    """A formula-safe column name (patsy parses names as Python)."""
     safe = re.sub(r"\W", "_", name)
-    return safe if safe.isidentifier() else f"p_{safe}"
+    return safe if safe.isidentifier() and not keyword.iskeyword(safe) else f"p_{safe}"
 
 
 def hyperparameter_design(trials: pd.DataFrame, axes: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:

@@ -149,7 +149,8 @@ def runs_to_frame(runs: Iterable["Run"]) -> tuple[pd.DataFrame, list[str]]:
         record.update({k: v for k, v in run.data.metrics.items() if _is_final_metric(k)})
         records.append(record)
     param_names = [p for p in sorted(params) if p not in schema.BOOKKEEPING]
-    frame = pd.DataFrame.from_records(records)
+    book = [schema.RUN_ID, schema.TRIAL_ID, schema.RUN_NAME, schema.STATUS, schema.ERROR, schema.PARENT]
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=book)
     for name in param_names:
         frame[name] = coerce_param(frame[name])
     return frame, param_names

@@ -116,7 +116,7 @@ def cmd_sharpness(args) -> int:
 
 # -- report ---------------------------------------------------------------------
 def cmd_report(args) -> int:
-    from analysis import NotEnoughTrials
+    from analysis import AnalysisError
     from analysis.report import build_report
     from samtune.tracking import resolve_tracking_uri
 
@@ -124,7 +124,7 @@ def cmd_report(args) -> int:
     try:
         result = build_report(args.experiment, tracking_uri=resolve_tracking_uri(args.tracking_uri),
                               search_run_id=args.search, out_dir=out)
-    except NotEnoughTrials as err:
+    except AnalysisError as err:
         print(f"samtune report: {err}", file=sys.stderr)
         return 1
     print(result.summary)

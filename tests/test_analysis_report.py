@@ -13,14 +13,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from analysis import NotEnoughTrials, UnknownExperiment
 from analysis.fits import FitOptions, fit_all
 from analysis.load import grouping_keys, load_histories, load_trials, searched_axes
-
-mlflow_entities = pytest.importorskip("mlflow.entities")
-from mlflow.tracking import MlflowClient  # noqa: E402
 
 GRID = "planted-grid"
 SPLIT = "two-searches"
@@ -104,6 +102,7 @@ def store(tmp_path_factory):
                final={"final_test_error": 0.3, "final_train_loss": 0.1})
     client.set_terminated(parent, "FINISHED")
 
+    client.create_experiment("empty", artifact_location=(root / "artifacts-empty").as_uri())
     split_id = client.create_experiment(SPLIT, artifact_location=(root / "artifacts-split").as_uri())
     searches = {}
     for name, n_ok in (("small", 2), ("large", 4)):
@@ -167,6 +166,8 @@ def test_fewer_than_three_usable_trials_is_a_clear_error(store, tmp_path):
         build_report(SPLIT, tracking_uri=store["uri"], search_run_id=store["searches"]["small"],
                      out_dir=tmp_path, log_to_mlflow=False)
     assert not (tmp_path / "report.html").exists()
+    with pytest.raises(NotEnoughTrials, match=r"'empty': 0 usable trials.*0 trials found"):
+        build_report("empty", tracking_uri=store["uri"], out_dir=tmp_path, log_to_mlflow=False)
 
 
 def test_histories_are_read_per_epoch(store):

@@ -7,8 +7,9 @@ the SAM gradient g_s by
     g_⊥ = g − c · ‖g‖ · g_s / (‖g_s‖ + ε)               part of g orthogonal to g_s
     d   = g_s − α · g_⊥                                 written into p.grad
 
-with ε = 1e-12 and non-adaptive global norms, exactly as ``gradient_decompose`` in
-juntang-zhuang/GSAM (gsam/gsam.py). The base step w ← w − η d leaves the perturbed
+with ε = 1e-12 and non-adaptive global norms, as ``gradient_decompose`` in
+juntang-zhuang/GSAM (gsam/gsam.py); it is evaluated in the equal form
+d = (1 + α c ‖g‖/(‖g_s‖ + ε)) · g_s − α · g, in place. The base step w ← w − η d leaves the perturbed
 loss unchanged to first order and moves up the loss at w, shrinking the surrogate
 gap f(w + e) − f(w). α = 0 gives SAM.
 """

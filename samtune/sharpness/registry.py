@@ -1,0 +1,231 @@
+"""Named measures with the settings that define them, and ``measure_all``.
+
+A name fixes a definition: e.g. ``harada`` is worst-case linf, non-adaptive,
+ρ = 2e-4, 20 APGD steps, as ``eval_sharpness.py`` of iiduka-researches/
+GSAM_batch_inc defaults to (on the first 1024 training examples, batches of 128).
+Metrics are named ``sharpness_<name>`` (``norm_*`` baselines keep their name);
+:func:`measure_settings` gives the flat parameters
+(``sharpness.<name>.<setting>=<value>``) to log next to them, so two numbers are
+never compared across definitions.
+
+Data: every measure runs on the batches it is given; ``m`` (the batch size,
+which per-batch measures depend on) and ``n_examples`` are theirs. Pass
+``batches`` to :func:`measure_settings` to record them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from samtune.sharpness._result import Measurement
+from samtune.sharpness._surface import Batch, LossFn
+from samtune.sharpness.ascent import ascent
+from samtune.sharpness.average_case import average_case
+from samtune.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
+from samtune.sharpness.keskar import keskar
+from samtune.sharpness.norms import distance_from_init, param_norm
+from samtune.sharpness.worst_case import worst_case
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """name: registry key. metric: the MLflow metric name. function: called as
+    ``function(model, loss_fn, batches, **settings, [seed=], [dtype=])``.
+    settings: the defaults that define the measure. stochastic: takes ``seed``.
+    per_batch: depends on the batch size m (m-sharpness). uncertainty: the
+    Measurement field reported as ``<metric>_<field>`` ("stderr", "residual").
+    data: the data the definition was published with (n_examples, m), checked
+    with a warning."""
+
+    name: str
+    metric: str
+    function: Callable[..., Measurement]
+    settings: Mapping[str, object]
+    description: str
+    stochastic: bool = False
+    per_batch: bool = False
+    uncertainty: str | None = None
+    data: Mapping[str, int] = field(default_factory=dict)
+
+
+def _norm_param_l2(model, loss_fn, batches, *, init_params=None, dtype=None):
+    return param_norm(model)
+
+
+def _norm_dist_from_init(model, loss_fn, batches, *, init_params=None, dtype=None):
+    if init_params is None:
+        raise ValueError("norm_dist_from_init needs init_params= (the initial parameters)")
+    return distance_from_init(model, init_params)
+
+
+def _specs() -> list[MeasureSpec]:
+    def worst(name, rho, norm, adaptive, **extra):
+        return MeasureSpec(
+            name, f"sharpness_{name}", worst_case,
+            {"rho": rho, "norm": norm, "adaptive": adaptive, "steps": 20,
+             "step_size_mult": 1.0, "rand_init": False},
+            f"worst-case m-sharpness, {norm}{', adaptive' if adaptive else ''}, APGD",
+            stochastic=True, per_batch=True, **extra)
+
+    # Radii: the smallest of each sweep in tml-epfl's sh/eval_sharpness_final.sh
+    # (ResNet-18, CIFAR-10), except harada (iiduka-researches/GSAM_batch_inc).
+    return [
+        worst("harada", 2e-4, "linf", False, data={"n_examples": 1024, "m": 128}),
+        worst("worst_linf", 5e-4, "linf", False),
+        worst("worst_linf_adaptive", 1e-3, "linf", True),
+        worst("worst_l2", 0.25, "l2", False),
+        worst("worst_l2_adaptive", 0.25, "l2", True),
+        MeasureSpec("avg_l2", "sharpness_avg_l2", average_case,
+                    {"sigma": 0.05, "adaptive": False, "samples": 20},
+                    "average-case sharpness, Gaussian noise N(0, σ²I)",
+                    stochastic=True, per_batch=True, uncertainty="stderr"),
+        MeasureSpec("avg_l2_adaptive", "sharpness_avg_l2_adaptive", average_case,
+                    {"sigma": 0.05, "adaptive": True, "samples": 20},
+                    "average-case sharpness, noise σ|w|⊙z",
+                    stochastic=True, per_batch=True, uncertainty="stderr"),
+        MeasureSpec("keskar", "sharpness_keskar", keskar,
+                    {"epsilon": 1e-3, "method": "apgd", "steps": 20},
+                    "Keskar ε-sharpness, box ε(|w|+1), percent of 1 + L"),
+        MeasureSpec("ascent", "sharpness_ascent", ascent, {"rho": 0.05, "adaptive": False},
+                    "loss increase along the normalized batch gradient (SAM's step)",
+                    per_batch=True),
+        MeasureSpec("hessian_max_eig", "sharpness_hessian_max_eig", hessian_max_eigenvalue,
+                    {"iters": 50, "tol": 1e-3}, "top Hessian eigenvalue, Lanczos",
+                    stochastic=True, uncertainty="residual"),
+        MeasureSpec("hessian_trace", "sharpness_hessian_trace", hessian_trace,
+                    {"samples": 30}, "Hessian trace, Hutchinson (Rademacher)",
+                    stochastic=True, uncertainty="stderr"),
+        MeasureSpec("norm_param_l2", "norm_param_l2", _norm_param_l2, {},
+                    "parameter L2 norm ‖w‖₂"),
+        MeasureSpec("norm_dist_from_init", "norm_dist_from_init", _norm_dist_from_init, {},
+                    "distance from initialization ‖w − w₀‖₂"),
+    ]
+
+
+MEASURES: Mapping[str, MeasureSpec] = MappingProxyType({s.name: s for s in _specs()})
+
+DEFAULT_MEASURES: tuple[str, ...] = (
+    "harada", "worst_linf_adaptive", "avg_l2", "ascent", "keskar",
+    "hessian_max_eig", "hessian_trace", "norm_param_l2", "norm_dist_from_init",
+)
+
+
+def get_measure(name: str) -> MeasureSpec:
+    try:
+        return MEASURES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown sharpness measure {name!r}; known: "
+                         f"{', '.join(MEASURES)}") from None
+
+
+def resolve_settings(name: str, overrides: Mapping[str, Mapping[str, object]] | None = None
+                     ) -> dict[str, object]:
+    """The settings of measure ``name``: its defaults updated by
+    ``overrides[name]`` (unknown setting names are refused)."""
+    spec = get_measure(name)
+    extra = dict((overrides or {}).get(name, {}))
+    unknown = sorted(set(extra) - set(spec.settings))
+    if unknown:
+        allowed = ", ".join(spec.settings) or "none"
+        raise ValueError(f"overrides[{name!r}] has unknown settings {unknown}; "
+                         f"allowed: {allowed}")
+    return {**spec.settings, **extra}
+
+
+def _check_overrides(overrides: Mapping[str, Mapping[str, object]] | None) -> None:
+    for name, values in (overrides or {}).items():
+        get_measure(name)
+        if not isinstance(values, Mapping):
+            raise ValueError(f"overrides[{name!r}] must be a mapping of settings, got {values!r}")
+
+
+def _data_shape(batches: Sequence[Batch]) -> tuple[int, int]:
+    """(number of examples, batch size m = the first batch's size)."""
+    sizes = [len(targets) for _, targets in batches]
+    return sum(sizes), (sizes[0] if sizes else 0)
+
+
+def measure_settings(names: Iterable[str] | None = None,
+                     overrides: Mapping[str, Mapping[str, object]] | None = None, *,
+                     batches: Sequence[Batch] | None = None) -> dict[str, str]:
+    """Flat string parameters ``sharpness.<name>.<setting>`` for each measure
+    (the ``norm_*`` baselines have none); with ``batches``, also
+    ``.n_examples`` and, for per-batch measures, ``.m``."""
+    names = DEFAULT_MEASURES if names is None else tuple(names)
+    _check_overrides(overrides)
+    params: dict[str, str] = {}
+    shape = _data_shape(batches) if batches is not None else None
+    for name in names:
+        spec = get_measure(name)
+        if not spec.metric.startswith("sharpness_"):
+            continue
+        for key, value in resolve_settings(name, overrides).items():
+            params[f"sharpness.{name}.{key}"] = str(value)
+        if shape is not None:
+            params[f"sharpness.{name}.n_examples"] = str(shape[0])
+            if spec.per_batch:
+                params[f"sharpness.{name}.m"] = str(shape[1])
+    return params
+
+
+def measure_all(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch],
+                names: Iterable[str] | None = None, *,
+                init_params: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
+                seed: int = 0, overrides: Mapping[str, Mapping[str, object]] | None = None,
+                dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Every named measure, keyed by metric name (``sharpness_<name>``, ``norm_*``),
+    plus ``<metric>_stderr`` for Monte-Carlo estimates and ``<metric>_residual``
+    for the Lanczos eigenvalue.
+
+    names: None → :data:`DEFAULT_MEASURES` (without ``norm_dist_from_init`` when
+    ``init_params`` is None; naming it explicitly without them is an error).
+    overrides: ``{name: {setting: value}}`` changes a measure's settings.
+    """
+    explicit = names is not None
+    names = tuple(names) if explicit else DEFAULT_MEASURES
+    if not explicit and init_params is None:
+        names = tuple(n for n in names if n != "norm_dist_from_init")
+    specs = [get_measure(name) for name in names]
+    _check_overrides(overrides)
+    batches = list(batches)
+    results: dict[str, float] = {}
+    for spec in specs:
+        _warn_on_data_mismatch(spec, batches)
+        kwargs = resolve_settings(spec.name, overrides)
+        if spec.stochastic:
+            kwargs["seed"] = seed
+        if not spec.metric.startswith("sharpness_"):
+            kwargs["init_params"] = init_params
+        measurement = spec.function(model, loss_fn, batches, dtype=dtype, **kwargs)
+        results[spec.metric] = measurement.value
+        if spec.uncertainty is not None:
+            results[f"{spec.metric}_{spec.uncertainty}"] = getattr(measurement, spec.uncertainty)
+    return results
+
+
+def metric_names(names: Iterable[str] | None = None) -> list[str]:
+    """The keys :func:`measure_all` returns for ``names`` (None → the defaults,
+    ``norm_dist_from_init`` included)."""
+    keys = []
+    for name in (DEFAULT_MEASURES if names is None else names):
+        spec = get_measure(name)
+        keys.append(spec.metric)
+        if spec.uncertainty is not None:
+            keys.append(f"{spec.metric}_{spec.uncertainty}")
+    return keys
+
+
+def _warn_on_data_mismatch(spec: MeasureSpec, batches: Sequence[Batch]) -> None:
+    if not spec.data:
+        return
+    n_examples, m = _data_shape(batches)
+    if (n_examples, m) != (spec.data["n_examples"], spec.data["m"]):
+        warnings.warn(f"{spec.name} is defined on {spec.data['n_examples']} examples in "
+                      f"batches of {spec.data['m']}; measuring on {n_examples} examples "
+                      f"in batches of {m}", stacklevel=3)
