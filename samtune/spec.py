@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +131,9 @@ def parse_search_spec(data: dict[str, Any], source: str = "") -> SearchSpec:
         raise ConfigError("search and grid are both given: use `search` (Optuna) or `grid` "
                           "(every combination), not both")
     trial = _parse_trial(data)
+    base = make_trial_config(trial, where="trial")
     search = _parse_search(data.get("search") or {}, trial)
     grid = _parse_grid(data.get("grid") or {}, trial)
-    base = make_trial_config(trial, where="trial")
     spec = SearchSpec(
         name=name, trial=trial, search=search, grid=grid,
         objective=_parse_objective(data.get("objective"), base),
@@ -182,23 +182,39 @@ def _check_value(section: str, key: str, value: Any, trial: dict[str, Any]) -> N
 def _parse_search(section: Any, trial: dict[str, Any]) -> tuple[Distribution, ...]:
     if not isinstance(section, dict):
         raise ConfigError(f"search = {section!r}: expected a mapping key: {{distribution: ...}}")
-    out: list[Distribution] = []
+    raw_when, out = {}, {}
     for key, raw in section.items():
         _check_searched_key("search", key, trial)
-        dist = _parse_distribution(key, raw, {d.key: d for d in out})
-        for value in (dist.values if dist.kind == "choice" else dist.values):
+        if isinstance(raw, dict) and "when" in raw:
+            raw = dict(raw)
+            raw_when[key] = raw.pop("when")
+        dist = _parse_distribution(key, raw)
+        for value in dist.values:
             _check_value("search", key, value, trial)
-        out.append(dist)
-    return tuple(out)
+        out[key] = dist
+    for key, when in raw_when.items():
+        out[key] = replace(out[key], when=_parse_when(f"search.{key}", when, out, key))
+    return _parents_first(out)
 
 
-def _parse_distribution(key: str, raw: Any, earlier: dict[str, Distribution]) -> Distribution:
+def _parents_first(dists: dict[str, Distribution]) -> tuple[Distribution, ...]:
+    """Order so that a conditional key is sampled after the keys it depends on."""
+    ordered: list[Distribution] = []
+    pending = dict(dists)
+    while pending:
+        ready = [d for d in pending.values() if all(k not in pending for k in d.when)]
+        if not ready:
+            raise ConfigError(f"search: the `when` conditions of {sorted(pending)} form a cycle")
+        for dist in ready:
+            ordered.append(pending.pop(dist.key))
+    return tuple(ordered)
+
+
+def _parse_distribution(key: str, raw: Any) -> Distribution:
     where = f"search.{key}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} = {raw!r}: expected {{uniform|loguniform|int: [lo, hi]}} "
                           f"or {{choice: [...]}}")
-    raw = dict(raw)
-    when = _parse_when(where, raw.pop("when", None), earlier)
     kinds = [k for k in raw if k in DISTRIBUTIONS]
     if len(raw) != 1 or not kinds:
         raise ConfigError(f"{where} = {raw!r}: unknown distribution; allowed: {', '.join(DISTRIBUTIONS)} "
@@ -207,7 +223,7 @@ def _parse_distribution(key: str, raw: Any, earlier: dict[str, Distribution]) ->
     if kind == "choice":
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.choice = {values!r}: expected a non-empty list")
-        return Distribution(key, kind, tuple(values), when)
+        return Distribution(key, kind, tuple(values))
     if (not isinstance(values, list) or len(values) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
         raise ConfigError(f"{where}.{kind} = {values!r}: expected [lo, hi] with two numbers")
@@ -218,19 +234,17 @@ def _parse_distribution(key: str, raw: Any, earlier: dict[str, Distribution]) ->
         raise ConfigError(f"{where}.loguniform = {values!r}: both bounds must be > 0")
     if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
         raise ConfigError(f"{where}.int = {values!r}: bounds must be integers")
-    return Distribution(key, kind, (lo, hi), when)
+    return Distribution(key, kind, (lo, hi))
 
 
-def _parse_when(where: str, raw: Any, earlier: dict[str, Distribution]) -> dict[str, tuple]:
-    if raw is None:
-        return {}
+def _parse_when(where: str, raw: Any, dists: dict[str, Distribution], own: str) -> dict[str, tuple]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}.when = {raw!r}: expected {{key: value or [values]}}")
     out = {}
     for key, allowed in raw.items():
-        parent = earlier.get(key)
-        if parent is None or parent.kind != "choice":
-            raise ConfigError(f"{where}.when.{key}: must name a `choice` key listed earlier in search")
+        parent = dists.get(key)
+        if parent is None or parent.kind != "choice" or key == own:
+            raise ConfigError(f"{where}.when.{key}: must name another `choice` key of search")
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         bad = [v for v in allowed if v not in parent.values]
         if bad:

@@ -75,10 +75,12 @@ def project_onto_ellipsoid(y: torch.Tensor, scale: torch.Tensor, rho: float,
     KKT: ``x_i = y_i c_i² / (c_i² + μ)`` with the multiplier ``μ ≥ 0`` that puts
     ``x`` on the boundary (``μ = 2λ`` of the reference's bisection). In the scaled
     variables ``u = x / c`` this is a trust-region subproblem with a diagonal
-    Hessian, so ``h(μ) = 1/ρ − 1/‖u(μ)‖`` is increasing and concave and Newton's
-    method from ``μ = 0`` converges monotonically from below (Moré & Sorensen
-    1983) — a few iterations where bisection needs dozens. Coordinates with
-    ``c_i = 0`` are pinned to 0 (the reference divides by zero there).
+    Hessian, and ``h(μ) = 1/‖u(μ)‖ − 1/ρ`` is nearly linear, increasing and
+    concave (Moré & Sorensen 1983): Newton's method from ``μ = 0`` rises to the
+    root monotonically without overshooting — a few iterations where bisection
+    needs dozens. The iterates stay just outside the set, so the last one is
+    scaled onto the boundary (a relative change below ``rtol``). Coordinates
+    with ``c_i = 0`` are pinned to 0 (the reference divides by zero there).
     """
     if rho == 0:
         return torch.zeros_like(y)
@@ -100,15 +102,14 @@ def project_onto_ellipsoid(y: torch.Tensor, scale: torch.Tensor, rho: float,
     mu = 0.0
     for _ in range(max_iter):
         norm = phi ** 0.5
-        if norm - rho <= rtol * rho:
+        if abs(norm - rho) <= rtol * rho:
             break
-        # h(μ) = 1/ρ − φ^{-1/2};  h'(μ) = −½ φ^{-3/2} φ'(μ)
-        h = 1.0 / rho - 1.0 / norm
+        # h(μ) = φ^{-1/2} − 1/ρ;  h'(μ) = −½ φ^{-3/2} φ'(μ) > 0
+        h = 1.0 / norm - 1.0 / rho
         slope = -0.5 * dphi / (phi * norm)
         mu -= h / slope
         phi, dphi = norm_and_slope(mu)
     x = y64 * safe_c2 / (safe_c2 + mu)
-    # Newton approaches from outside the set: pull the last ulp-level excess in.
     excess = phi ** 0.5 / rho
     if excess > 1.0:
         x = x / excess

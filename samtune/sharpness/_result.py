@@ -14,7 +14,8 @@ class Measurement:
                 draws (average-case sharpness, Hutchinson's trace).
     residual:   ``‖H y − θ y‖`` of the returned Ritz pair (Lanczos); a symmetric
                 ``H`` has an eigenvalue within ``±residual`` of ``value``.
-    iterations: Lanczos iterations, Monte-Carlo samples or ascent steps used.
+    iterations: the work done — Hessian-vector products (Hessian measures),
+                Monte-Carlo samples per batch, or ascent steps.
     """
 
     value: float

@@ -19,6 +19,7 @@ are read, never perturbed.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -182,7 +183,11 @@ class LossSurface:
         return self._hvp_impl(v, index)
 
     def _hvp_forward_over_reverse(self, v: torch.Tensor, index: int) -> torch.Tensor:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            # torch registers its jvp decompositions with torch.jit.script on first
+            # use, which warns that jit is deprecated: torch's concern, not the user's.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                    category=FutureWarning)
             _, product = jvp(grad(lambda w: self._loss(w, index)), (self.w0,), (v,))
         return product.detach()
 
