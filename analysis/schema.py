@@ -15,6 +15,8 @@ TARGETS = ("final_test_error", "final_gen_gap", "final_test_loss")
 CONTROL = "final_train_loss"
 FINAL_PREFIX = "final_"
 MEASURE_PREFIXES = ("sharpness_", "norm_")
+# error estimates logged beside a measure (e.g. sharpness_avg_l2_stderr): not measures
+ESTIMATE_SUFFIXES = ("_stderr", "_residual")
 
 # bookkeeping columns of a trial table (not parameters, not metrics)
 RUN_ID, TRIAL_ID, RUN_NAME = "run_id", "trial_id", "run_name"
@@ -31,7 +33,8 @@ SEED = "seed"
 # run settings that do not define the experiment, so they are neither axes nor
 # part of what "all other hyperparameters fixed" means
 RUN_SETTINGS = frozenset({"device", "num_threads", "eval_batch_size", "data_dir", "download",
-                          "train_eval_examples"})
+                          "train_eval_examples", "precision", "sharpness_examples",
+                          "sharpness_batch"})
 
 # per-epoch metrics drawn as training curves
 CURVE_METRICS = ("test_error", "batch_size", "lr")
@@ -41,7 +44,8 @@ def measure_columns(frame: pd.DataFrame) -> list[str]:
     """``sharpness_*`` then ``norm_*`` columns that hold at least one finite value."""
     found = []
     for prefix in MEASURE_PREFIXES:
-        cols = sorted(c for c in frame.columns if str(c).startswith(prefix))
+        cols = sorted(c for c in frame.columns
+                      if str(c).startswith(prefix) and not str(c).endswith(ESTIMATE_SUFFIXES))
         found += [c for c in cols if pd.to_numeric(frame[c], errors="coerce").notna().any()]
     return found
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from samtune import sharpness
+from samtune.sharpness._hvp import HessianProducts
 from samtune.sharpness._surface import loss_surface
 from samtune.sharpness.hessian import lanczos
 
@@ -155,17 +156,29 @@ def test_lanczos_returns_largest_algebraic_eigenvalue_and_bounds_its_error():
     assert (diagonal - run.theta).abs().min().item() <= run.residual
 
 
-def test_forward_and_reverse_hessian_vector_products_agree():
+@pytest.mark.parametrize("cache_graphs", [True, False])
+def test_hessian_vector_products_match_the_full_hessian_with_batchnorm(cache_graphs):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)).double()
-    model.train()
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
     model(torch.randn(16, 3, dtype=torch.float64))  # non-trivial running statistics
+    model.eval()
     x, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))
-    with loss_surface(model, nn.functional.cross_entropy, [(x, y)]) as surface:
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(w):  # the network by hand, BatchNorm with its running statistics
+        w1, b1, gamma, beta, w2, b2 = torch.split(w, [12, 4, 4, 4, 8, 2])
+        h = x @ w1.view(4, 3).T + b1
+        bn = model[1]
+        h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * gamma + beta
+        return nn.functional.cross_entropy(torch.tanh(h) @ w2.view(2, 4).T + b2, y)
+
+    hessian = torch.autograd.functional.hessian(loss, w0)
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    with loss_surface(model, nn.functional.cross_entropy, batches) as surface:
+        products = HessianProducts(surface, cache_graphs=cache_graphs)
         v = torch.randn(surface.dim, dtype=torch.float64)
-        forward = surface._hvp_forward_over_reverse(v, 0)
-        reverse = surface._hvp_reverse_over_reverse(v, 0)
-    assert torch.allclose(forward, reverse, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(products.hvp(v), hessian @ v, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(products.hvp(2 * v), 2 * hessian @ v, rtol=1e-10, atol=1e-12)
 
 
 def test_hessian_trace_is_reproducible_and_seeded_locally():

@@ -19,12 +19,11 @@ are read, never perturbed.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -57,7 +56,7 @@ def flat_parameters(model: nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 class LossSurface:
     """``L_b(w)`` for each fixed batch b and the size-weighted mean
-    ``L(w) = Σ_b (n_b / N) L_b(w)``, with gradients and Hessian-vector products.
+    ``L(w) = Σ_b (n_b / N) L_b(w)``, with gradients.
 
     Use through :func:`loss_surface`, which puts the model in eval mode first.
     """
@@ -77,7 +76,6 @@ class LossSurface:
         self.batches = self._prepare_batches(batches)
         sizes = torch.tensor([float(len(y)) for _, y in self.batches], dtype=torch.float64)
         self.weights = (sizes / sizes.sum()).tolist()
-        self._hvp_impl: Callable[[torch.Tensor, int], torch.Tensor] | None = None
 
     @property
     def dim(self) -> int:
@@ -122,7 +120,8 @@ class LossSurface:
 
     # -- losses -------------------------------------------------------------
 
-    def _loss(self, w: torch.Tensor, index: int) -> torch.Tensor:
+    def loss_tensor(self, w: torch.Tensor, index: int) -> torch.Tensor:
+        """``L_b(w)`` as a tensor (differentiable in ``w``)."""
         inputs, targets = self.batches[index]
         tensors = dict(zip(self._names, self.split(w)))
         tensors.update(self._buffers)
@@ -135,13 +134,13 @@ class LossSurface:
     def loss(self, w: torch.Tensor, index: int) -> float:
         """``L_b(w)`` for batch ``index``."""
         with torch.no_grad():
-            return self._loss(w, index).item()
+            return self.loss_tensor(w, index).item()
 
     def loss_and_grad(self, w: torch.Tensor, index: int) -> tuple[float, torch.Tensor]:
         """``L_b(w)`` and its gradient (flat), for batch ``index``."""
         leaf = w.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = self._loss(leaf, index)
+            loss = self.loss_tensor(leaf, index)
             (gradient,) = torch.autograd.grad(loss, leaf)
         return loss.item(), gradient
 
@@ -155,48 +154,6 @@ class LossSurface:
             total_loss += weight * loss
             total_grad.add_(gradient, alpha=weight)
         return total_loss, total_grad
-
-    # -- Hessian-vector products -------------------------------------------
-
-    def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``H v`` with ``H = Σ_b (n_b/N) ∇²L_b(w0)``.
-
-        Forward-over-reverse (``jvp`` of ``grad``, torch.func) costs about two
-        forward-backward passes and keeps no graph between calls. Models with an
-        operation that has no forward-mode derivative fall back, at the first call,
-        to reverse-over-reverse (double backward).
-        """
-        total = torch.zeros_like(self.w0)
-        for b, weight in enumerate(self.weights):
-            total.add_(self._batch_hvp(v, b), alpha=weight)
-        return total
-
-    def _batch_hvp(self, v: torch.Tensor, index: int) -> torch.Tensor:
-        if self._hvp_impl is None:
-            try:
-                result = self._hvp_forward_over_reverse(v, index)
-            except (NotImplementedError, RuntimeError):
-                self._hvp_impl = self._hvp_reverse_over_reverse
-            else:
-                self._hvp_impl = self._hvp_forward_over_reverse
-                return result
-        return self._hvp_impl(v, index)
-
-    def _hvp_forward_over_reverse(self, v: torch.Tensor, index: int) -> torch.Tensor:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # torch registers its jvp decompositions with torch.jit.script on first
-            # use, which warns that jit is deprecated: torch's concern, not the user's.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
-                                    category=FutureWarning)
-            _, product = jvp(grad(lambda w: self._loss(w, index)), (self.w0,), (v,))
-        return product.detach()
-
-    def _hvp_reverse_over_reverse(self, v: torch.Tensor, index: int) -> torch.Tensor:
-        leaf = self.w0.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (gradient,) = torch.autograd.grad(self._loss(leaf, index), leaf, create_graph=True)
-            (product,) = torch.autograd.grad(gradient, leaf, grad_outputs=v)
-        return product.detach()
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 Both use only Hessian-vector products of ``L(w) = Σ_b (n_b/N) L_b(w)`` (each
 batch's HVP weighted by its size, so equal batches give the plain average), from
-:meth:`LossSurface.hvp` — forward-over-reverse with torch.func, no graph kept.
+:class:`samtune.sharpness._hvp.HessianProducts`: double backward through each
+batch's gradient graph, built once and reused while memory allows.
 
 - :func:`hessian_max_eigenvalue`: λ_max, the largest *algebraic* eigenvalue, by
   Lanczos with full reorthogonalization (Golub & Van Loan, Matrix Computations,
@@ -35,6 +36,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import nn
 
+from samtune.sharpness._hvp import HessianProducts
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn, generator_for, loss_surface
 from samtune.sharpness._validate import check_nonnegative, check_steps
@@ -44,13 +46,15 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 def hessian_max_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
                            iters: int = 50, tol: float = 1e-3, seed: int = 0,
-                           dtype: torch.dtype | None = None) -> Measurement:
+                           dtype: torch.dtype | None = None,
+                           cache_graphs: bool | None = None) -> Measurement:
     """λ_max of the Hessian of the loss over ``batches``.
 
     iters: at most this many Hessian-vector products (Lanczos steps); memory
     grows by one parameter-sized vector per step. tol: stop when
     ``‖H y − θ y‖ ≤ tol · |θ|``. The result's ``residual`` is that norm, its
-    ``iterations`` the products used.
+    ``iterations`` the products used. cache_graphs: keep every batch's gradient
+    graph between products (None: when it fits in half the free memory).
     """
     check_steps("iters", iters)
     check_nonnegative("tol", tol)
@@ -58,7 +62,8 @@ def hessian_max_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Iterable[
         generator = generator_for(surface.device, seed)
         start = torch.randn(surface.dim, generator=generator, device=surface.device,
                             dtype=surface.dtype)
-        run = lanczos(surface.hvp, start, iters=iters, tol=tol)
+        products = HessianProducts(surface, cache_graphs=cache_graphs)
+        run = lanczos(products.hvp, start, iters=iters, tol=tol)
     return Measurement(run.theta, residual=run.residual, iterations=run.steps)
 
 
@@ -135,7 +140,8 @@ class _Basis:
 
 def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
                   samples: int = 20, deflation: int = 10, seed: int = 0,
-                  dtype: torch.dtype | None = None) -> Measurement:
+                  dtype: torch.dtype | None = None,
+                  cache_graphs: bool | None = None) -> Measurement:
     """Hutchinson estimate of tr(H), deflated: ``deflation`` Lanczos steps give an
     orthonormal Q (k × d) spanning H's extreme eigendirections, whose part of the
     trace, ``tr(Q H Qᵀ) = Σ α_i``, is exact; ``samples`` Rademacher probes v (≥ 2)
@@ -144,28 +150,36 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *
     outlier eigenvalues that dominate Hutchinson's variance
     ``2(‖H‖_F² − Σ H_ii²)`` (Gambhir, Stathopoulos & Orginos, SIAM J. Sci.
     Comput. 2017; Meyer et al., Hutch++, SOSA 2021). ``deflation=0`` is plain
-    Hutchinson. Cost: ``deflation + samples`` Hessian-vector products.
+    Hutchinson. Cost: ``deflation + samples`` Hessian-vector products; the
+    probes run batch by batch, so each batch's gradient graph is built once
+    even when the graphs do not all fit in memory.
     """
     check_steps("samples", samples, minimum=2)
     check_steps("deflation", deflation, minimum=0)
     with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
         generator = generator_for(surface.device, seed)
-        exact, basis = 0.0, None
+        products = HessianProducts(surface, cache_graphs=cache_graphs)
+        exact, basis, lanczos_steps = 0.0, None, 0
         if deflation:
             start = torch.randn(surface.dim, generator=generator, device=surface.device,
                                 dtype=surface.dtype)
-            run = lanczos(surface.hvp, start, iters=deflation, tol=0.0)
-            exact, basis = sum(run.alphas), run.basis
-        quadratic_forms = []
-        for _ in range(samples):
-            probe = rademacher(surface.dim, generator, surface.device, surface.dtype)
-            if basis is not None:
-                probe = probe - basis.T @ (basis @ probe)
-            quadratic_forms.append(torch.dot(probe, surface.hvp(probe)).item())
-    values = torch.tensor(quadratic_forms, dtype=torch.float64)
+            run = lanczos(products.hvp, start, iters=deflation, tol=0.0)
+            exact, basis, lanczos_steps = sum(run.alphas), run.basis, run.steps
+        probe_seed = int(torch.randint(2 ** 62, (1,), generator=generator,
+                                       device=surface.device).item())
+        forms = [0.0] * samples
+        for b, weight in enumerate(surface.weights):
+            graph = products.batch_graph(b)
+            probe_generator = generator_for(surface.device, probe_seed)  # same probes per batch
+            for i in range(samples):
+                probe = rademacher(surface.dim, probe_generator, surface.device, surface.dtype)
+                if basis is not None:
+                    probe = probe - basis.T @ (basis @ probe)
+                forms[i] += weight * torch.dot(probe, products.batch_hvp(graph, probe)).item()
+    values = torch.tensor(forms, dtype=torch.float64)
     stderr = values.std(correction=1).item() / math.sqrt(samples)
     return Measurement(exact + values.mean().item(), stderr=stderr,
-                       iterations=samples + (run.steps if deflation else 0))
+                       iterations=samples + lanczos_steps)
 
 
 def rademacher(dim: int, generator: torch.Generator, device: torch.device,
