@@ -71,6 +71,15 @@ def test_optuna_search_records_every_trial_as_a_child_run(tmp_path):
         assert sorted(steps) == [1, 2]
     # Optuna sampled distinct radii (TPE, seeded)
     assert len({t.data.params["rho"] for t in trials}) == 4
+    # and the report reads the search back from MLflow
+    from samtune.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", "--experiment", "optuna-e2e", "--search", parents[0].info.run_id,
+                 "--tracking-uri", uri, "--out", str(out)]) == 0
+    fits = (out / "fits.csv").read_text()
+    assert "sharpness_ascent" in fits and "norm_param_l2" in fits
+    assert (out / "report.html").stat().st_size > 0 and list((out / "figures").glob("*.png"))
 
 
 def test_grid_search_runs_every_combination_with_bundles(tmp_path):

@@ -181,7 +181,7 @@ def test_harada_settings_are_flat_strings():
     assert params["sharpness.harada.steps"] == "20"
     assert params["sharpness.harada.n_examples"] == "1024"
     assert params["sharpness.harada.m"] == "128"
-    assert params["sharpness.hessian_trace.samples"] == "20"
+    assert params["sharpness.hessian_trace.samples"] == "10"
     assert params["sharpness.hessian_trace.deflation"] == "10"
     assert "sharpness.hessian_trace.m" not in params  # a full-batch quantity
     assert not any(key.startswith("sharpness.norm_param_l2") for key in params)

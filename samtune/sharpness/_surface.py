@@ -19,7 +19,8 @@ are read, never perturbed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -180,12 +181,8 @@ def loss_surface(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch],
 
 def generator_for(device: torch.device, seed: int) -> torch.Generator:
     """A local generator on ``device`` (the global RNG is never touched)."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    generator.manual_seed(int(seed))
     return generator
-
-
-def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
-    return sum(w * v for w, v in zip(weights, values))
