@@ -43,9 +43,11 @@ def main() -> None:
         "trial": {"epochs": args.epochs, "sharpness": ["ascent", "norm_param_l2"]},
         "search": {"rho": {"loguniform": [0.01, 0.3]}, "batch_growth_ratio": {"uniform": [1.0, 3.0]}},
     })
+    started_at = time.time()
     started = time.perf_counter()
     run_search(spec, tracking_uri=uri, storage=f"{folder}/ray")
     wall = time.perf_counter() - started
+    ended_at = started_at + wall
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("bench-overhead")
@@ -57,6 +59,13 @@ def main() -> None:
     print(f"trials: {len(runs)} x {args.epochs} epochs (digits, small_cnn, GSAM), concurrency {args.concurrency}")
     print(f"sum of trial times: {sum(trial_seconds):.1f} s; mean {sum(trial_seconds) / len(runs):.1f} s")
     print(f"search wall time:   {wall:.1f} s")
+    first_start = min(r.info.start_time for r in runs) / 1000
+    last_end = max(r.info.end_time for r in runs) / 1000
+    print(f"  before the first trial started: {first_start - started_at:.1f} s "
+          f"(MLflow store, Ray start, worker start)")
+    print(f"  between first start and last end: {last_end - first_start:.1f} s "
+          f"(ideal {ideal:.1f} s)")
+    print(f"  after the last trial ended: {ended_at - last_end:.1f} s")
     print(f"overhead ratio wall / (sum / concurrency) = {wall / ideal:.2f}")
 
 
