@@ -181,6 +181,17 @@ def test_hessian_vector_products_match_the_full_hessian_with_batchnorm(cache_gra
         assert torch.allclose(products.hvp(2 * v), 2 * hessian @ v, rtol=1e-10, atol=1e-12)
 
 
+def test_trace_does_not_depend_on_whether_graphs_are_kept():
+    x, y = regression_data()
+    batches = split(x, y, [100, 60, 40])
+    kept = sharpness.hessian_trace(linear_model(5), mse, batches, samples=6, deflation=2,
+                                   cache_graphs=True)
+    rebuilt = sharpness.hessian_trace(linear_model(5), mse, batches, samples=6, deflation=2,
+                                      cache_graphs=False)
+    assert rebuilt.value == pytest.approx(kept.value, rel=1e-12)
+    assert rebuilt.stderr == pytest.approx(kept.stderr, rel=1e-9)
+
+
 def test_hessian_trace_is_reproducible_and_seeded_locally():
     x, y = regression_data()
     model = linear_model(5)
@@ -192,7 +203,8 @@ def test_hessian_trace_is_reproducible_and_seeded_locally():
     assert torch.equal(state, torch.get_rng_state())
 
 
-@pytest.mark.parametrize("kwargs, key", [({"iters": 0}, "iters"), ({"tol": -1.0}, "tol")])
+@pytest.mark.parametrize("kwargs, key", [({"iters": 0}, "iters"), ({"tol": -1.0}, "tol"),
+                                         ({"cache_graphs": "yes"}, "cache_graphs")])
 def test_bad_lanczos_settings_are_refused(kwargs, key):
     x, y = regression_data(n=10)
     with pytest.raises(ValueError, match=key):

@@ -37,6 +37,13 @@ class HessianProducts:
         self._policy = cache_graphs
         self._graphs: dict[int, Graph] = {}
 
+    @property
+    def keeps_graphs(self) -> bool:
+        """Whether every batch's graph is kept (decided at the first graph built)."""
+        if self._policy is None:
+            self.batch_graph(0)
+        return bool(self._policy)
+
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(self.surface.w0)
         for b, weight in enumerate(self.surface.weights):

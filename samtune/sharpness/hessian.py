@@ -150,9 +150,9 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *
     outlier eigenvalues that dominate Hutchinson's variance
     ``2(‖H‖_F² − Σ H_ii²)`` (Gambhir, Stathopoulos & Orginos, SIAM J. Sci.
     Comput. 2017; Meyer et al., Hutch++, SOSA 2021). ``deflation=0`` is plain
-    Hutchinson. Cost: ``deflation + samples`` Hessian-vector products; the
-    probes run batch by batch, so each batch's gradient graph is built once
-    even when the graphs do not all fit in memory.
+    Hutchinson. Cost: ``deflation + samples`` Hessian-vector products (when
+    the batches' graphs do not all fit in memory, the probes run batch by batch,
+    so each graph is still built only once).
     """
     check_steps("samples", samples, minimum=2)
     check_steps("deflation", deflation, minimum=0)
@@ -165,25 +165,44 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *
                                 dtype=surface.dtype)
             run = lanczos(products.hvp, start, iters=deflation, tol=0.0)
             exact, basis, lanczos_steps = sum(run.alphas), run.basis, run.steps
-        probe_seed = int(torch.randint(2 ** 62, (1,), generator=generator,
-                                       device=surface.device).item())
-        forms = [0.0] * samples
-        for b, weight in enumerate(surface.weights):
-            graph = products.batch_graph(b)
-            probe_generator = generator_for(surface.device, probe_seed)  # same probes per batch
-            for i in range(samples):
-                probe = rademacher(surface.dim, probe_generator, surface.device, surface.dtype)
-                if basis is not None:
-                    probe = probe - basis.T @ (basis @ probe)
-                forms[i] += weight * torch.dot(probe, products.batch_hvp(graph, probe)).item()
+        forms = _quadratic_forms(products, samples, basis, generator)
     values = torch.tensor(forms, dtype=torch.float64)
     stderr = values.std(correction=1).item() / math.sqrt(samples)
     return Measurement(exact + values.mean().item(), stderr=stderr,
                        iterations=samples + lanczos_steps)
 
 
+def _quadratic_forms(products: HessianProducts, samples: int, basis: torch.Tensor | None,
+                     generator: torch.Generator) -> list[float]:
+    """``(Pv)ᵀ H (Pv)`` for ``samples`` Rademacher probes v (P = I without a basis).
+
+    With every batch's graph in memory, each probe is projected once and sent
+    through all batches; otherwise the batches come one at a time, each graph
+    built once, and the same probes are regenerated from a fixed seed per batch.
+    """
+    surface = products.surface
+
+    def probes(probe_generator: torch.Generator):
+        for _ in range(samples):
+            probe = rademacher(surface.dim, probe_generator, surface.device, surface.dtype)
+            yield probe if basis is None else probe - basis.T @ (basis @ probe)
+
+    # the same probes either way, so the value does not depend on free memory
+    probe_seed = int(torch.randint(2 ** 62, (1,), generator=generator,
+                                   device=surface.device).item())
+    if products.keeps_graphs:
+        return [torch.dot(v, products.hvp(v)).item()
+                for v in probes(generator_for(surface.device, probe_seed))]
+    forms = [0.0] * samples
+    for b, weight in enumerate(surface.weights):
+        graph = products.batch_graph(b)
+        for i, v in enumerate(probes(generator_for(surface.device, probe_seed))):
+            forms[i] += weight * torch.dot(v, products.batch_hvp(graph, v)).item()
+    return forms
+
+
 def rademacher(dim: int, generator: torch.Generator, device: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
     """A vector of independent ±1 entries."""
-    bits = torch.randint(0, 2, (dim,), generator=generator, device=device)
-    return bits.to(dtype).mul_(2).sub_(1)
+    bits = torch.empty(dim, device=device, dtype=dtype).random_(0, 2, generator=generator)
+    return bits.mul_(2).sub_(1)

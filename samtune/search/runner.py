@@ -1,33 +1,18 @@
-"""Schedule search on Ray Tune: the trainable, the Optuna space, grid mode,
-resources, ASHA, checkpoints, retries and resume.  All Ray imports live here.
-
-Each trial trains through :func:`samtune.train.train`; every epoch it records
-its metrics in its own MLflow child run and reports them, with a checkpoint, to
-Tune.  The checkpoint carries the trial's MLflow run id, so a retried or resumed
-trial continues its own run.  A driver-side callback closes the runs of trials
-that Tune stopped (ASHA) or that failed, so no run is left RUNNING.
-"""
+"""Building and running the Tuner: Optuna space or grid, resources, ASHA,
+failure retries, storage, resume, and the end-of-search summary."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
 from samtune import tracking
-from samtune.config import ConfigError, make_trial_config
-from samtune.spec import SearchSpec, bundle_table, define_by_run, expand_bundles, grid_size
-from samtune.trial_runner import trial_params
+from samtune.spec import SearchSpec, bundle_table, define_by_run, grid_size
 
-META_KEY = "_samtune"
-CHECKPOINT_FILE = "trial.pt"
+META_KEY = "_samtune"  # the trial config entry that carries tracking and fault settings
 FAULT_ENV = "SAMTUNE_FAULT_AT_EPOCH"  # fault injection for recovery tests: fail once after epoch N
 
 
@@ -40,168 +25,6 @@ def configure_ray_environment(local: bool) -> None:
     if local:
         # Without this Ray binds its node to the machine's external address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-# -- the trainable (runs in Ray workers) ------------------------------------------------
-class RaySink:
-    """Sends each epoch to MLflow and to Tune, with a checkpoint."""
-
-    def __init__(self, meta: dict[str, Any], run_id: str, config_yaml: str, objective_keys):
-        self.meta, self.run_id, self.objective_keys = meta, run_id, objective_keys
-        self.mlflow = tracking.MlflowSink(meta["uri"], run_id, config_yaml)
-        self.fault_epoch = meta.get("fault_at_epoch")
-
-    def on_epoch(self, record, checkpoint, final) -> None:
-        from ray import tune
-
-        self.mlflow.on_epoch(record, checkpoint, final)  # closes the run before Tune's last report
-        metrics = dict(record)
-        metrics.update({k: math.nan for k in self.objective_keys})
-        metrics.update({f"final_{k}": record[k] for k in
-                        ("test_error", "train_error", "gen_gap", "test_loss", "train_loss")})
-        if final is not None:
-            metrics.update(final.final)
-            metrics["samtune_status"] = final.status
-        with tempfile.TemporaryDirectory() as folder:
-            state = checkpoint() | {"mlflow_run_id": self.run_id}
-            torch.save(state, Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-        self._maybe_inject_fault(int(record["epoch"]))
-
-    def _maybe_inject_fault(self, epoch: int) -> None:
-        if self.fault_epoch is None or epoch != self.fault_epoch:
-            return
-        marker = Path(self.meta["fault_dir"]) / self.meta_trial_id()
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            return
-        os.close(fd)
-        raise RuntimeError(f"injected fault after epoch {epoch}")
-
-    def meta_trial_id(self) -> str:
-        from ray import tune
-
-        return tune.get_context().get_trial_id()
-
-
-def samtune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one samtune trial."""
-    from ray import tune
-
-    from samtune.train import train
-
-    meta = config[META_KEY]
-    values, labels = expand_bundles({k: v for k, v in config.items() if k != META_KEY},
-                                    meta["bundles"])
-    uri = meta["uri"]
-    context = tune.get_context()
-    trial_id = context.get_trial_id()
-    try:
-        trial_config = make_trial_config(values, where="trial")
-    except ConfigError as err:  # a sampled combination no trial can run: record, don't retry
-        _record_invalid_trial(meta, values, context, str(err))
-        return
-    resume, run_id = None, None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        run_id = resume.pop("mlflow_run_id")
-    run_id = run_id or tracking.find_trial_run(uri, meta["experiment_id"], trial_id, meta["parent_run_id"])
-    if run_id is None:
-        run_id = tracking.start_trial_run(
-            uri, meta["experiment_id"], params=trial_params(trial_config) | labels,
-            run_name=context.get_trial_name(), trial_id=trial_id, parent_run_id=meta["parent_run_id"])
-    else:
-        tracking.reopen_run(uri, run_id)
-    config_yaml = yaml.safe_dump(trial_config.model_dump(mode="json"), sort_keys=False)
-    train(trial_config, RaySink(meta, run_id, config_yaml, meta["objective_keys"]), resume=resume)
-
-
-def _record_invalid_trial(meta, values, context, error: str) -> None:
-    from ray import tune
-
-    run_id = tracking.start_trial_run(
-        meta["uri"], meta["experiment_id"], params={k: str(v) for k, v in values.items()},
-        run_name=context.get_trial_name(), trial_id=context.get_trial_id(),
-        parent_run_id=meta["parent_run_id"])
-    tracking.end_trial_run(meta["uri"], run_id, "failed", error)
-    tune.report({"samtune_status": "failed"} | {k: math.nan for k in meta["report_keys"]})
-
-
-# -- driver-side callbacks ------------------------------------------------------------
-def _tune_callback_base():
-    from ray import tune
-
-    return tune.Callback
-
-
-class _Callbacks:
-    """Built lazily so importing this module does not import Ray."""
-
-    @staticmethod
-    def run_closer(uri: str, experiment_id: str, parent_run_id: str):
-        base = _tune_callback_base()
-
-        class MlflowRunCloser(base):
-            """Ends the MLflow run of a trial Tune stopped early or that failed for good
-            (code after a function trainable's last report never runs)."""
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._close(trial.trial_id, "pruned")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._close(trial.trial_id, "failed", _trial_error(trial))
-
-            def _close(self, trial_id, status, error=None):
-                run_id = tracking.find_trial_run(uri, experiment_id, trial_id, parent_run_id)
-                if run_id and tracking.run_is_active(uri, run_id):
-                    tracking.end_trial_run(uri, run_id, status, error)
-
-        return MlflowRunCloser()
-
-    @staticmethod
-    def progress(spec: SearchSpec, total: int):
-        base = _tune_callback_base()
-        metric, mode = spec.objective.metrics[0], spec.objective.modes[0]
-
-        class SearchProgress(base):
-            """One line per finished trial: counts and the best value so far."""
-
-            def __init__(self):
-                self.best, self.best_trial, self.started = None, None, time.time()
-                self.ended: set[str] = set()
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                value = (trial.last_result or {}).get(metric)
-                if value is not None and not math.isnan(value) and (
-                        self.best is None or (value < self.best if mode == "min" else value > self.best)):
-                    self.best, self.best_trial = value, trial.trial_id
-                self._line(trials, trial)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trials, trial)
-
-            def _line(self, trials, trial):
-                # the trial's own status is updated only after the callbacks run
-                self.ended.add(trial.trial_id)
-                done = len(self.ended | {t.trial_id for t in trials
-                                         if t.status in ("TERMINATED", "ERROR")})
-                running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
-                best = "-" if self.best is None else f"{self.best:.4f} ({self.best_trial})"
-                print(f"[{time.time() - self.started:6.0f}s] trials finished {done}/{total}, "
-                      f"running {running}; best {metric} = {best}", flush=True)
-
-        return SearchProgress()
-
-
-def _trial_error(trial) -> str:
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        return Path(path).read_text()[-2000:] if path else "trial errored"
-    except OSError:
-        return "trial errored"
 
 
 # -- building the Tuner -------------------------------------------------------------
@@ -327,7 +150,11 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
             tags={"samtune.ray_name": ray_name, "samtune.storage": storage_path})
     _init_ray(address)
     total = grid_size(spec) * spec.samples if spec.grid else spec.samples
-    callbacks = [_Callbacks.run_closer(uri, experiment_id, parent_run_id), _Callbacks.progress(spec, total)]
+    from samtune.search.callbacks import MlflowRunCloser, SearchProgress
+    from samtune.search.trainable import samtune_trial
+
+    callbacks = [MlflowRunCloser(uri, experiment_id, parent_run_id),
+                 SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], total)]
     trainable = tune.with_resources(samtune_trial, _default_resources(spec))
     path = f"{storage_path.rstrip('/')}/{ray_name}"
     print(f"search {spec.name!r}: {total} trials, {spec.concurrency} at a time; "
