@@ -11,9 +11,10 @@ project's ``bench`` extra) on the same model and batches, in the same run:
   eigenvector with one extra (untimed) Hessian-vector product. samtune runs twice:
   with the same ``tol``, and with ``tol`` set to PyHessian's achieved residual
   (the same accuracy);
-- trace: samtune's deflated Hutchinson (by default 10 Lanczos vectors + 20
-  probes) against PyHessian's Hutchinson (30 probes: the same number of
-  Hessian-vector products); both are unbiased, so the
+- trace: samtune's Hutchinson with a Lanczos-deflation control variate (by
+  default 10 Lanczos vectors + 20 probes) against PyHessian's Hutchinson (30
+  probes: the same number of Hessian-vector products); both estimate the trace
+  with a standard error, so the
   accuracy of each is its standard error, and the speed-up at equal accuracy
   is ``(t · stderr²)_PyHessian / (t · stderr²)_samtune`` (an estimator's
   variance falls as 1/probes). PyHessian runs a fixed number of probes: its
@@ -222,9 +223,10 @@ def print_comparison(found, seconds, products, batches, args) -> None:
     for quantity, run, value, accuracy, count, elapsed, speedup in rows:
         print(f"| {quantity} | {run} | {value:.6g} | {accuracy:.2e} | {count} | {elapsed:.1f} "
               f"| {speedup:.2f}× |")
-    print("\naccuracy: ‖Hv − λv‖/|λ| for λ_max, the standard error for the trace. Speed-up: "
-          "λ_max, the time ratio (the second row matches PyHessian's accuracy); trace, "
-          "(t·stderr²)_PyHessian / (t·stderr²)_samtune, the time ratio at equal standard error.")
+    print("\naccuracy: ‖Hv − λv‖/|λ| for λ_max, the standard error for the trace. "
+          "Speed-up: λ_max, the time ratio (the second row matches PyHessian's accuracy); "
+          "trace, (t·stderr²)_PyHessian / (t·stderr²)_samtune, the time ratio at equal "
+          "standard error.")
 
 
 def relative_residual(model, batches, vector, eigenvalue) -> float:

@@ -44,6 +44,15 @@ class HessianProducts:
             self.batch_graph(0)
         return bool(self._policy)
 
+    def mean_gradient(self) -> torch.Tensor:
+        """``∇L(w0)``: from the kept graphs, else by one backward pass per batch."""
+        if not self.keeps_graphs:
+            return self.surface.mean_loss_and_grad(self.surface.w0)[1]
+        total = torch.zeros_like(self.surface.w0)
+        for b, weight in enumerate(self.surface.weights):
+            total.add_(self.batch_graph(b)[1].detach(), alpha=weight)
+        return total
+
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(self.surface.w0)
         for b, weight in enumerate(self.surface.weights):

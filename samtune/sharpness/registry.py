@@ -105,7 +105,7 @@ def _specs() -> list[MeasureSpec]:
                     stochastic=True, uncertainty="residual"),
         MeasureSpec("hessian_trace", "sharpness_hessian_trace", hessian_trace,
                     {"samples": 10, "deflation": 10},
-                    "Hessian trace, Hutchinson (Rademacher) deflated by 10 Lanczos vectors",
+                    "Hessian trace, Hutchinson (Rademacher), Lanczos-deflation control variate",
                     stochastic=True, uncertainty="stderr"),
         MeasureSpec("norm_param_l2", "norm_param_l2", _norm_param_l2, {},
                     "parameter L2 norm ‖w‖₂"),
