@@ -20,8 +20,8 @@ DEFAULT_SPACE = "default"
 
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI "
+                        "(default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:

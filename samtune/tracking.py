@@ -116,9 +116,6 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
     MlflowClient(uri).log_batch(run_id, metrics=batch)
 
 
-def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
-    MlflowClient(uri).log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
 
 def finish_trial_run(uri: str, run_id: str, *, status: str, final_metrics: dict[str, float],
                      config_yaml: str, history_csv: str, error: str | None = None) -> None:
@@ -181,10 +178,6 @@ def end_search_run(uri: str, run_id: str, *, state: str = "FINISHED",
     client.set_terminated(run_id, state)
 
 
-def search_child_runs(uri: str, experiment_id: str, parent_run_id: str):
-    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    return MlflowClient(uri).search_runs([experiment_id], filter_string=query, max_results=10_000)
-
 
 def latest_search_run(uri: str, experiment_id: str) -> str | None:
     runs = MlflowClient(uri).search_runs(
@@ -192,11 +185,6 @@ def latest_search_run(uri: str, experiment_id: str) -> str | None:
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
-
-def load_run_config(uri: str, run_id: str) -> str:
-    """The ``config.yaml`` artifact of a trial run."""
-    mlflow.set_tracking_uri(uri)
-    return mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
 
 
 def history_to_csv(history: list[dict[str, float]]) -> str:

@@ -87,8 +87,8 @@ def test_cli_train_records_one_mlflow_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/store.db"
-    code = main(["train", "--tracking-uri", uri, "--set", "epochs=2", "--set", "batch_stages=2", "--set", "num_threads=1",
-                 "--set", "sharpness=[ascent, norm_param_l2]"])
+    code = main(["train", "--tracking-uri", uri, "--set", "epochs=2", "--set", "batch_stages=2",
+                 "--set", "num_threads=1", "--set", "sharpness=[ascent, norm_param_l2]"])
     assert code == 0
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("samtune-train")
