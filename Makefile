@@ -22,7 +22,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/sharpness.py
 	$(BIN)/python benchmarks/search_overhead.py
 
