@@ -155,7 +155,8 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
 
     callbacks = [MlflowRunCloser(uri, experiment_id, parent_run_id),
                  SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], total)]
-    trainable = tune.with_resources(samtune_trial, _default_resources(spec))
+    resources = _default_resources(spec)
+    trainable = tune.with_resources(samtune_trial, resources)
     path = f"{storage_path.rstrip('/')}/{ray_name}"
     print(f"search {spec.name!r}: {total} trials, {spec.concurrency} at a time; "
           f"MLflow parent run {parent_run_id}; Ray results in {path}", flush=True)
@@ -166,7 +167,7 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
                 "objective_keys": _objective_keys(spec), "report_keys": _required_keys(spec),
                 "bundles": bundle_table(spec), "fault_at_epoch": _fault_epoch(),
                 "fault_dir": storage_path}
-        tuner = tune.Tuner(trainable, param_space=_param_space(spec, meta, _default_resources(spec)),
+        tuner = tune.Tuner(trainable, param_space=_param_space(spec, meta, resources),
                            tune_config=_tune_config(spec),
                            run_config=_run_config(spec, storage_path, ray_name, callbacks))
     results = tuner.fit()
