@@ -8,93 +8,113 @@ value and what is allowed.  Nothing is launched before this succeeds.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-OptimizerName = Literal["sgd", "sam", "gsam", "asam", "usam"]
-LRShape = Literal["constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing"]
+from samtune import schema
+from samtune.schedules import ScheduleParams, TrialSchedule
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "tiny-imagenet")
-MODEL_NAMES = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "resnet50")
+MeasureKey = Literal[tuple(schema.MEASURES)]
 
 
 class ConfigError(ValueError):
     """A configuration mistake, phrased for the person who made it."""
 
 
-class TrialConfig(BaseModel):
-    """Everything that defines one trial.  Field names are the public names
-    used in YAML, MLflow params and reports (DESIGN.md, "Names that cross
-    boundaries").  The defaults are the embedded default trial: GSAM with a
-    growing batch on the bundled digits set."""
+class HyperParams(ScheduleParams):
+    """What defines a trial's experiment: two trials with equal hyperparameters
+    give the same result up to floating-point noise, wherever they run.  Field
+    names are the public names used in YAML, MLflow params and reports; the
+    schedule fields (lr, batch and ρ schedules) come from :class:`ScheduleParams`.
+    The defaults are the embedded default trial: GSAM with a growing batch on digits.
+
+    The measurement protocol (``train_eval_examples``, the measures and the
+    examples and batch size they are computed on) is part of it: it decides what
+    the reported numbers mean."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     # what is trained
     dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    model: str = "small_cnn"
-    epochs: int = Field(12, ge=1)
+    model: Literal[schema.MODELS] = "small_cnn"
     seed: int = Field(0, ge=0)
     # optimizer
-    optimizer: OptimizerName = "gsam"
-    base_optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal[schema.OPTIMIZERS] = "gsam"
+    base_optimizer: Literal[schema.BASE_OPTIMIZERS] = "sgd"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
-    rho: float = Field(0.05, ge=0.0)
-    rho_min: float = Field(0.0, ge=0.0)
-    rho_schedule: Literal["constant", "lr_proportional", "diminishing"] = "constant"
     alpha: float = Field(0.1, ge=0.0)
     adaptive: bool = False
     eta: float = Field(0.0, ge=0.0)
-    # learning-rate schedule
-    lr: float = Field(0.05, gt=0.0)
-    lr_shape: LRShape = "constant"
-    lr_final: float = Field(0.0, ge=0.0)
-    lr_power: float = Field(1.0, gt=0.0)
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    # batch schedule
-    batch_size: int = Field(16, ge=1)
-    batch_growth_ratio: float = Field(2.0, ge=1.0)
-    batch_stages: int = Field(4, ge=1)
-    batch_max: int | None = Field(None, ge=1)
-    lr_batch_scaling: Literal["none", "linear", "sqrt"] = "none"
     # loss and data
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = True
-    # execution
-    device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    num_threads: int = Field(0, ge=0)
-    eval_batch_size: int = Field(512, ge=1)
+    precision: Literal[schema.PRECISIONS] = "fp32"
+    # measurement protocol
     train_eval_examples: int = Field(10_000, ge=0)
-    # end-of-trial measures (names from samtune.sharpness)
-    sharpness: tuple[str, ...] | None = None
+    sharpness: tuple[MeasureKey, ...] | None = None
     sharpness_examples: int = Field(1024, ge=1)
     sharpness_batch: int = Field(128, ge=1)
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> "TrialConfig":
-        _check_choice("dataset", self.dataset, DATASET_NAMES, prefix="imagefolder:")
-        _check_choice("model", self.model, MODEL_NAMES)
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device = {self.device!r}: allowed are auto, cpu, cuda, cuda:N")
-        if self.sharpness:
-            from samtune.sharpness import MEASURES
-
-            for name in self.sharpness:
-                _check_choice("sharpness", name, tuple(MEASURES))
+    def _check_combinations(self) -> "HyperParams":
+        _check_choice("dataset", self.dataset, schema.DATASETS, prefix=schema.IMAGEFOLDER_PREFIX)
         # The schedules validate their own cross-field constraints (lr_final <= lr,
         # rho_min <= rho, stages <= epochs, ...); build them once here so a bad
         # combination is refused before anything runs.
-        from samtune.schedules import TrialSchedule
-
         TrialSchedule.from_config(self)
         return self
+
+    def digest(self) -> str:
+        """A stable 16-hex-digit digest of the hyperparameters (key order and run
+        settings do not enter it), logged on every trial run."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The measures this trial reports (None in the config means the defaults)."""
+        return schema.DEFAULT_MEASURES if self.sharpness is None else self.sharpness
+
+
+class RunSettings(BaseModel):
+    """Where and how a trial runs; none of it changes results beyond floating-point noise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"
+    num_threads: int = Field(0, ge=0)
+    eval_batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _check_device(self) -> "RunSettings":
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device = {self.device!r}: allowed are auto, cpu, cuda, cuda:N")
+        return self
+
+
+HYPERPARAM_KEYS = tuple(HyperParams.model_fields)
+RUN_SETTING_KEYS = tuple(RunSettings.model_fields)
+
+
+class TrialConfig(HyperParams, RunSettings):
+    """One trial as YAML, ``--set`` and Ray Tune give it: hyperparameters and run
+    settings in one flat mapping.  :attr:`hparams` and :attr:`run_settings` split it."""
+
+    @property
+    def hparams(self) -> HyperParams:
+        return HyperParams(**self.model_dump(include=set(HYPERPARAM_KEYS)))
+
+    @property
+    def run_settings(self) -> RunSettings:
+        return RunSettings(**self.model_dump(include=set(RUN_SETTING_KEYS)))
 
     def to_params(self) -> dict[str, str]:
         """Flat string parameters, as MLflow stores them."""
@@ -140,7 +160,9 @@ def explain_validation_error(err: ValidationError, values: dict[str, Any], where
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
-        if loc:
+        if len(problem["loc"]) > 1:  # an item of a list-valued key
+            lines.append(f"{where}.{loc} = {problem.get('input')!r}: {message}")
+        elif loc:
             value = values.get(problem["loc"][0], problem.get("input"))
             lines.append(f"{where}.{loc} = {value!r}: {message}")
         else:

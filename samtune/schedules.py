@@ -30,11 +30,13 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal
 
-LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing")
-LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
-RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
+from pydantic import BaseModel, ConfigDict, Field
+
+from samtune import schema
+
+LR_SHAPES, LR_BATCH_SCALINGS, RHO_SCHEDULES = schema.LR_SHAPES, schema.LR_BATCH_SCALINGS, schema.RHO_SCHEDULES
 
 STEP_MILESTONES = (0.3, 0.6, 0.8)
 STEP_FACTOR = 0.2
@@ -304,28 +306,30 @@ def rho_schedule(
 # one trial
 
 
-@dataclasses.dataclass(frozen=True)
-class ScheduleParams:
-    """The schedule-related trial parameters, under the names used in YAML and MLflow."""
+class ScheduleParams(BaseModel):
+    """The schedule-related trial parameters, under the names used in YAML and MLflow.
+    Their defaults are the trial defaults: :class:`samtune.config.HyperParams`
+    inherits these fields rather than declaring them again."""
 
-    lr: float
-    epochs: int
-    batch_size: int
-    lr_shape: str = "constant"
-    lr_final: float = 0.0
-    lr_power: float = 1.0
-    warmup_epochs: float = 0.0
-    batch_growth_ratio: float = 1.0
-    batch_stages: int = 1
-    batch_max: int | None = None
-    lr_batch_scaling: str = "none"
-    rho: float = 0.05
-    rho_min: float = 0.0
-    rho_schedule: str = "constant"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(0.05, gt=0.0)
+    lr_shape: Literal[schema.LR_SHAPES] = "constant"
+    lr_final: float = Field(0.0, ge=0.0)
+    lr_power: float = Field(1.0, gt=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(16, ge=1)
+    batch_growth_ratio: float = Field(2.0, ge=1.0)
+    batch_stages: int = Field(4, ge=1)
+    batch_max: int | None = Field(None, ge=1)
+    lr_batch_scaling: Literal[schema.LR_BATCH_SCALINGS] = "none"
+    rho: float = Field(0.05, ge=0.0)
+    rho_min: float = Field(0.0, ge=0.0)
+    rho_schedule: Literal[schema.RHO_SCHEDULES] = "constant"
 
 
-SCHEDULE_KEYS = tuple(field.name for field in dataclasses.fields(ScheduleParams))
-_REQUIRED = ("lr", "epochs", "batch_size")
+SCHEDULE_KEYS = tuple(ScheduleParams.model_fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,16 +386,13 @@ class TrialSchedule:
 
     @classmethod
     def from_params(cls, **params: Any) -> TrialSchedule:
-        """From trial parameters by name; unknown names are refused and ``None``
-        means "default" (for ``batch_max`` the default is ``None``: no cap)."""
+        """From trial parameters by name; unknown names are refused, and absent or
+        ``None`` ones take the trial defaults (``batch_max`` None: no cap)."""
         unknown = sorted(set(params) - set(SCHEDULE_KEYS))
         if unknown:
             raise ValueError(
                 f"unknown schedule parameter(s) {', '.join(unknown)}; allowed: {', '.join(SCHEDULE_KEYS)}"
             )
-        missing = [key for key in _REQUIRED if params.get(key) is None]
-        if missing:
-            raise ValueError(f"missing schedule parameter(s): {', '.join(missing)}")
         return cls(ScheduleParams(**{key: value for key, value in params.items() if value is not None}))
 
     @classmethod

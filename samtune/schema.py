@@ -1,0 +1,142 @@
+"""Every name that crosses a boundary: YAML keys' allowed values, metric names,
+MLflow tags, statuses and artifact names (DESIGN.md, "Names that cross boundaries").
+
+This module imports nothing heavy (no torch, Ray or MLflow), so the search spec,
+the CLI's validation and the ``analysis`` package can all use it.  The registries
+that hold the implementations (``samtune.optim``, ``samtune.models``,
+``samtune.data``, ``samtune.sharpness``) are keyed by these names, and a test holds
+each registry against its catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+# -- catalogues of trial-parameter values -------------------------------------------
+OPTIMIZERS = ("sgd", "sam", "gsam", "asam", "usam")
+BASE_OPTIMIZERS = ("sgd", "adamw")
+LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing")
+LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
+RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
+DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")
+IMAGEFOLDER_PREFIX = "imagefolder:"  # dataset "imagefolder:<path>": any train/ test/ image folder
+MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "resnet50")
+AUGMENTS = ("none", "crop_flip")
+PRECISIONS = ("fp32", "bf16")
+OBJECTIVE_MODES = ("min", "max")
+
+# Trial keys that say where and how a trial runs, not what it is: they never enter
+# the hyperparameter digest, nor what "all other hyperparameters equal" means in a
+# report.  ``samtune.config.RunSettings`` declares exactly these fields.
+RUN_SETTINGS = ("data_dir", "download", "device", "num_threads", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class MeasureName:
+    """A sharpness measure as the outside world sees it: its metric name, the error
+    estimate logged beside it (``<metric>_<uncertainty>``), and whether it depends on
+    the batch size m it is computed with (m-sharpness)."""
+
+    name: str
+    metric: str
+    uncertainty: str | None = None
+    per_batch: bool = False
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        extra = (f"{self.metric}_{self.uncertainty}",) if self.uncertainty else ()
+        return (self.metric, *extra)
+
+    @property
+    def has_settings(self) -> bool:
+        """Sharpness measures carry settings; the ``norm_*`` baselines do not."""
+        return self.metric.startswith(SHARPNESS_PREFIX)
+
+
+SHARPNESS_PREFIX = "sharpness_"
+NORM_PREFIX = "norm_"
+MEASURE_PREFIXES = (SHARPNESS_PREFIX, NORM_PREFIX)
+ESTIMATE_SUFFIXES = ("_stderr", "_residual")
+
+
+def _sharp(name: str, uncertainty: str | None = None, per_batch: bool = False) -> MeasureName:
+    return MeasureName(name, SHARPNESS_PREFIX + name, uncertainty, per_batch)
+
+
+MEASURES: Mapping[str, MeasureName] = MappingProxyType({m.name: m for m in (
+    _sharp("harada", per_batch=True),
+    _sharp("worst_linf", per_batch=True),
+    _sharp("worst_linf_adaptive", per_batch=True),
+    _sharp("worst_l2", per_batch=True),
+    _sharp("worst_l2_adaptive", per_batch=True),
+    _sharp("avg_l2", "stderr", per_batch=True),
+    _sharp("avg_l2_adaptive", "stderr", per_batch=True),
+    _sharp("keskar"),
+    _sharp("ascent", per_batch=True),
+    _sharp("hessian_max_eig", "residual"),
+    _sharp("hessian_trace", "stderr"),
+    MeasureName("norm_param_l2", "norm_param_l2"),
+    MeasureName("norm_dist_from_init", "norm_dist_from_init"),
+)})
+
+# What every trial measures unless its config names others.
+DEFAULT_MEASURES = ("harada", "worst_linf_adaptive", "avg_l2", "ascent",
+                    "hessian_max_eig", "hessian_trace", "norm_param_l2", "norm_dist_from_init")
+
+# A measure's identity beyond its registered settings: the data it is computed on
+# and the arithmetic.  Logged as params ``sharpness.<name>.<setting>``.
+MEASURE_DATA_SETTINGS = ("n_examples", "m", "precision")
+MEASURE_PARAM_PREFIX = "sharpness."
+
+
+def measure_param(name: str, setting: str) -> str:
+    """The MLflow param that holds one setting of a measure's definition."""
+    return f"{MEASURE_PARAM_PREFIX}{name}.{setting}"
+
+
+def measure_metric_names(names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Every metric a trial measuring ``names`` reports (None: the defaults)."""
+    chosen = DEFAULT_MEASURES if names is None else names
+    return tuple(key for name in chosen for key in MEASURES[name].metric_names)
+
+
+# -- metrics -------------------------------------------------------------------------
+EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "gen_gap", "lr",
+                 "batch_size", "rho", "steps", "samples_seen", "epoch_seconds", "samples_per_second")
+FINAL_PREFIX = "final_"
+# the per-epoch metrics whose last value is a trial's final result
+FINAL_OF = ("test_error", "train_error", "gen_gap", "test_loss", "train_loss")
+FINAL_METRICS = tuple(FINAL_PREFIX + key for key in FINAL_OF)
+EPOCH = "epoch"  # the record's epoch counter: MLflow's ``step``, not a metric
+
+# -- trial status (tag samtune.status) ------------------------------------------------
+COMPLETED, DIVERGED, PRUNED, FAILED, RUNNING = "completed", "diverged", "pruned", "failed", "running"
+TRIAL_STATUSES = (COMPLETED, DIVERGED, PRUNED, FAILED)
+# the MLflow run state each status ends a run in
+RUN_END_STATE = MappingProxyType({COMPLETED: "FINISHED", DIVERGED: "FINISHED",
+                                  PRUNED: "KILLED", FAILED: "FAILED"})
+
+# -- MLflow tags and artifacts --------------------------------------------------------
+TAG_KIND = "samtune.kind"
+KIND_SEARCH, KIND_TRIAL, KIND_REPORT = "search", "trial", "report"
+TAG_STATUS = "samtune.status"
+TAG_ERROR = "samtune.error"
+TAG_TRIAL_ID = "samtune.trial_id"
+TAG_SEARCH_KEYS = "samtune.search_keys"
+TAG_RAY_NAME = "samtune.ray_name"
+TAG_STORAGE = "samtune.storage"
+TAG_HPARAMS_DIGEST = "samtune.hparams_digest"
+TAG_VERSION = "samtune.version"
+TAG_GIT_COMMIT = "samtune.git_commit"
+TAG_PARENT = "mlflow.parentRunId"
+
+ARTIFACT_SEARCH_SPEC = "search.yaml"
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_HISTORY = "history.csv"
+ARTIFACT_MODEL = "model.pt"
+ARTIFACT_CONTEXT = "trial_context.json"
+
+DEFAULT_EXPERIMENT_TRAIN = "samtune-train"
+DEFAULT_SPACE = "default"
