@@ -83,9 +83,9 @@ def cmd_train(args) -> int:
     from samtune.config import load_trial_config
 
     config = load_trial_config(args.config, args.set)  # validated before anything starts
-    from samtune import trial_runner
+    from samtune import one_trial
 
-    return trial_runner.run_cli_trial(config, experiment=args.experiment, tracking_uri=args.tracking_uri)
+    return one_trial.run_cli_trial(config, experiment=args.experiment, tracking_uri=args.tracking_uri)
 
 
 # -- search ---------------------------------------------------------------------
@@ -104,10 +104,10 @@ def cmd_search(args) -> int:
 
 # -- sharpness ------------------------------------------------------------------
 def cmd_sharpness(args) -> int:
-    from samtune import trial_runner
+    from samtune import one_trial
 
     names = tuple(n for n in args.measures.split(",") if n) if args.measures else None
-    values = trial_runner.measure_saved_trial(args.source, names=names, device=args.device,
+    values = one_trial.measure_saved_trial(args.source, names=names, device=args.device,
                                               tracking_uri=args.tracking_uri)
     width = max(map(len, values), default=10)
     for name, value in values.items():

@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AUGMENTS = ("none", "crop_flip")
+from samtune import schema
+
+AUGMENTS = schema.AUGMENTS
 PAD_MODES = ("constant", "reflect")
-IMAGEFOLDER_PREFIX = "imagefolder:"
+IMAGEFOLDER_PREFIX = schema.IMAGEFOLDER_PREFIX
 
 # Per-channel statistics of the training sets, as used by the reference code:
 # CIFAR-100 values from iiduka-researches/GSAM_batch_inc (seed_facts C2); CIFAR-10 are the

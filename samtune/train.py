@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from samtune import sharpness
+from samtune import schema, sharpness
 from samtune.config import TrialConfig
 from samtune.data import fixed_batches, load_dataset
 from samtune.models import create_model
@@ -35,10 +35,12 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class TrialResult:
-    status: str  # completed | diverged
+    status: str  # schema.COMPLETED | schema.DIVERGED
     final: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     error: str | None = None
+    # each measure's definition (``sharpness.<name>.<setting>``): what its value means
+    measure_params: dict[str, str] = field(default_factory=dict)
 
 
 class Sink(Protocol):
@@ -215,15 +217,24 @@ class Trial:
             "epoch_seconds": stats["epoch_seconds"], "samples_per_second": stats["samples_per_second"],
         }
 
-    def measure_sharpness(self) -> dict[str, float]:
-        names = self.config.sharpness
-        if names is not None and not names:
-            return {}
+    def measure_sharpness(self, names: tuple[str, ...] | None = None) -> tuple[dict[str, float], dict[str, str]]:
+        """The configured measures (or ``names``) of the model as it is now, on the
+        fixed sharpness examples; returns (values, the measures' definitions)."""
+        names = self.config.measures if names is None else names
+        if not names:
+            return {}, {}
         batches = fixed_batches(self.data.train_x, self.data.train_y,
                                 n_examples=self.config.sharpness_examples,
                                 batch_size=self.config.sharpness_batch)
-        return sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
-                                     init_params=self.init_params, seed=self.config.seed)
+        values = sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
+                                       init_params=self.init_params, seed=self.config.seed)
+        return values, sharpness.measure_settings(names, batches=batches)
+
+    def finish(self) -> TrialResult:
+        """The completed trial's result: final metrics of the last epoch, and sharpness."""
+        values, definitions = self.measure_sharpness()
+        return TrialResult(schema.COMPLETED, final_metrics(self.state.history[-1]) | values,
+                           self.state.history, measure_params=definitions)
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,8 +255,7 @@ def build_model(config: TrialConfig, data, device: torch.device):
 
 
 def final_metrics(record: dict[str, float]) -> dict[str, float]:
-    return {f"final_{key}": record[key]
-            for key in ("test_error", "train_error", "gen_gap", "test_loss", "train_loss")}
+    return {schema.FINAL_PREFIX + key: record[key] for key in schema.FINAL_OF}
 
 
 def _is_finite(record: dict[str, float]) -> bool:
@@ -266,17 +276,14 @@ def train(config: TrialConfig, sink: Sink | None = None,
         trial.state.history.append(record)
         result = None
         if not _is_finite(record):
-            result = TrialResult("diverged", {}, trial.state.history,
+            result = TrialResult(schema.DIVERGED, {}, trial.state.history,
                                  f"non-finite loss at epoch {epoch + 1}")
         elif epoch + 1 == config.epochs:
-            final = final_metrics(record) | trial.measure_sharpness()
-            result = TrialResult("completed", final, trial.state.history)
+            result = trial.finish()
         sink.on_epoch(record, trial.checkpoint, result)
         if result is not None:
             return result
     # resumed from a checkpoint taken after the last epoch
-    record = trial.state.history[-1]
-    result = TrialResult("completed", final_metrics(record) | trial.measure_sharpness(),
-                         trial.state.history)
-    sink.on_epoch(record, trial.checkpoint, result)
+    result = trial.finish()
+    sink.on_epoch(trial.state.history[-1], trial.checkpoint, result)
     return result

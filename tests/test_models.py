@@ -189,10 +189,6 @@ def test_errors_name_the_argument():
         create_model("resnet18", num_classes=10, stem="tiny")
 
 
-def test_registry_names_match_config_names():
-    assert set(MODELS) == {"resnet18", "wrn28_10", "vit_tiny", "resnet50", "small_cnn"}
-
-
 def test_small_cnn_is_small_and_has_batchnorm():
     model = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
     assert 10_000 < n_params(model) < 100_000

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from samtune.search import FAULT_ENV, configure_ray_environment, run_search
+from samtune.search import configure_ray_environment, run_search
 from samtune.spec import parse_search_spec
 
 pytestmark = pytest.mark.slow
@@ -96,17 +96,45 @@ def test_grid_search_runs_every_combination_with_bundles(tmp_path):
                       ("sgd", "+C", "cosine"), ("sgd", "constant", "constant")]
 
 
-def test_failed_trial_resumes_from_checkpoint_into_its_own_run(tmp_path, monkeypatch):
+def failing_once_after_epoch(epoch, marker_dir):
+    """samtune's trainable, but each trial raises once, right after reporting ``epoch``
+    (with its checkpoint): a worker crash at the worst moment for bookkeeping."""
+    from unittest import mock
+
+    from samtune.search.trainable import samtune_trial
+
+    def trainable(hparams, context):
+        from ray import tune
+
+        report = tune.report
+        marker = os.path.join(marker_dir, tune.get_context().get_trial_id())
+
+        def report_then_fail(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            if metrics.get("epoch") == epoch:
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # once per trial
+                except FileExistsError:
+                    return
+                raise RuntimeError(f"injected fault after epoch {epoch}")
+
+        with mock.patch.object(tune, "report", report_then_fail):
+            samtune_trial(hparams, context)
+
+    return trainable
+
+
+def test_failed_trial_resumes_from_checkpoint_into_its_own_run(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    storage = tmp_path / "ray"
-    monkeypatch.setenv(FAULT_ENV, "1")  # every trial raises once, after its first epoch
+    markers = tmp_path / "faults"
+    markers.mkdir()
     spec = make_spec("retry-e2e", samples=2, trial=TINY_TRIAL | {"epochs": 3},
                      search={"rho": {"uniform": [0.02, 0.1]}})
-    assert run_search(spec, tracking_uri=uri, storage=str(storage)) == 0
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray"),
+                      trainable=failing_once_after_epoch(1, str(markers))) == 0
     client, _, trials = children(uri, "retry-e2e")
     assert len(trials) == 2  # no second run for a retried trial
-    markers = [p for p in storage.iterdir() if p.is_file()]
-    assert len(markers) == 2  # both trials did fail once
+    assert len(list(markers.iterdir())) == 2  # both trials did fail once
     for run in trials:
         assert run.data.tags["samtune.status"] == "completed"
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_error"))

@@ -107,7 +107,7 @@ def test_cli_train_records_one_mlflow_run(tmp_path, monkeypatch):
     csv = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv"))
     assert list(csv["epoch"]) == [1, 2]
     # the saved model can be measured again from its run id
-    from samtune.trial_runner import measure_saved_trial
+    from samtune.one_trial import measure_saved_trial
 
     values = measure_saved_trial(run.info.run_id, names=("ascent",), device="cpu", tracking_uri=uri)
     assert values["sharpness_ascent"] == pytest.approx(run.data.metrics["sharpness_ascent"], rel=1e-5)

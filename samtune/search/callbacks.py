@@ -8,26 +8,27 @@ from pathlib import Path
 
 from ray import tune
 
-from samtune import tracking
+from samtune import schema
+from samtune.tracking import Tracker
 
 
 class MlflowRunCloser(tune.Callback):
     """Ends the MLflow run of a trial Tune stopped early (ASHA) or that failed for
     good: code after a function trainable's last report never runs."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str):
-        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+    def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str):
+        self.tracker, self.experiment_id, self.parent_run_id = tracker, experiment_id, parent_run_id
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._close(trial.trial_id, "pruned")
+        self._close(trial.trial_id, schema.PRUNED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial.trial_id, "failed", _trial_error(trial))
+        self._close(trial.trial_id, schema.FAILED, _trial_error(trial))
 
     def _close(self, trial_id: str, status: str, error: str | None = None) -> None:
-        run_id = tracking.find_trial_run(self.uri, self.experiment_id, trial_id, self.parent_run_id)
-        if run_id and tracking.run_is_active(self.uri, run_id):
-            tracking.end_trial_run(self.uri, run_id, status, error)
+        run_id = self.tracker.find_trial_run(self.experiment_id, trial_id, self.parent_run_id)
+        if run_id and self.tracker.run_is_active(run_id):
+            self.tracker.end_trial_run(run_id, status, error)
 
 
 def _trial_error(trial) -> str:

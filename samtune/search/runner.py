@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from samtune import tracking
-from samtune.spec import SearchSpec, bundle_table, define_by_run, grid_size
-
-META_KEY = "_samtune"  # the trial config entry that carries tracking and fault settings
-FAULT_ENV = "SAMTUNE_FAULT_AT_EPOCH"  # fault injection for recovery tests: fail once after epoch N
+from samtune import schema
+from samtune.search.context import build_context, hyperparameters
+from samtune.spec import SearchSpec, define_by_run
+from samtune.tracking import Tracker, runs_url, ui_command
 
 
 def configure_ray_environment(local: bool) -> None:
@@ -37,29 +37,14 @@ def _default_resources(spec: SearchSpec) -> dict[str, float]:
     return resources
 
 
-def _param_space(spec: SearchSpec, meta: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
+def _param_space(spec: SearchSpec) -> dict[str, Any]:
+    """Hyperparameters only: the fixed ones and the grid axes (Optuna adds its own)."""
     from ray import tune
 
-    space = dict(spec.trial)
-    _absolute_data_paths(space)
-    if "device" not in space:
-        space["device"] = "cuda" if resources.get("gpu", 0) > 0 else "cpu"
-    if "num_threads" not in space:
-        space["num_threads"] = max(1, int(resources["cpu"]))
-    for key, values in spec.grid.items():
-        space[key] = tune.grid_search([getattr(v, "name", v) for v in values])
-    space[META_KEY] = meta
+    space = hyperparameters(spec.trial)
+    for key, values in spec.grid_axes().items():
+        space[key] = tune.grid_search(values)
     return space
-
-
-def _absolute_data_paths(space: dict[str, Any]) -> None:
-    """Ray runs each trial in its own directory: resolve data paths in the driver."""
-    from samtune.data import data_root
-
-    space["data_dir"] = str(data_root(space.get("data_dir")).resolve())
-    dataset = str(space.get("dataset", ""))
-    if dataset.startswith("imagefolder:"):
-        space["dataset"] = "imagefolder:" + str(Path(dataset.removeprefix("imagefolder:")).resolve())
 
 
 def _tune_config(spec: SearchSpec):
@@ -67,8 +52,7 @@ def _tune_config(spec: SearchSpec):
     from ray.tune.schedulers import ASHAScheduler
 
     kwargs: dict[str, Any] = dict(num_samples=spec.samples, max_concurrent_trials=spec.concurrency,
-                                  reuse_actors=True,
-                                  trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
+                                  reuse_actors=True, trial_dirname_creator=_trial_dirname)
     if spec.search:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -81,13 +65,17 @@ def _tune_config(spec: SearchSpec):
             space=define_by_run(spec), sampler=sampler,
             metric=list(metrics) if spec.objective.is_pareto else metrics[0],
             mode=list(modes) if spec.objective.is_pareto else modes[0])
-    if spec.scheduler:
-        asha = spec.scheduler["asha"]
+    if spec.scheduler is not None:
+        asha = spec.scheduler
         kwargs["scheduler"] = ASHAScheduler(
-            metric=asha["metric"], mode=asha["mode"], max_t=int(spec.trial.get("epochs", 12)),
-            grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"],
+            metric=asha.metric, mode=asha.mode, max_t=int(spec.trial.get("epochs", 12)),
+            grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
             time_attr="training_iteration")
     return tune.TuneConfig(**kwargs)
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
 
 
 def _run_config(spec: SearchSpec, storage: str, ray_name: str, callbacks):
@@ -117,98 +105,93 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
 
 
-def _objective_keys(spec: SearchSpec) -> list[str]:
-    """Objective metrics only known at the end (sharpness): reported as NaN until then,
-    because Tune requires every searched metric in every result."""
-    return [m for m in spec.objective.metrics if m.startswith(("sharpness_", "norm_"))]
+@dataclass(frozen=True)
+class SearchRun:
+    """Where one search is recorded: its MLflow parent run and its Ray experiment."""
+
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    ray_path: str
 
 
-def _required_keys(spec: SearchSpec) -> list[str]:
-    keys = list(spec.objective.metrics)
-    if spec.scheduler:
-        keys.append(spec.scheduler["asha"]["metric"])
-    return keys
+def _start(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path: str) -> SearchRun:
+    ray_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent_run_id = tracker.start_search_run(
+        experiment_id, run_name=ray_name, spec_yaml=spec.source, search_keys=spec.searched_keys,
+        tags={schema.TAG_RAY_NAME: ray_name, schema.TAG_STORAGE: storage_path})
+    return SearchRun(tracker, experiment_id, parent_run_id, f"{storage_path.rstrip('/')}/{ray_name}")
 
 
-def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: str | None = None,
-               storage: str | None = None, resume: bool = False) -> int:
-    """Run (or finish, with ``resume``) a search; returns the process exit code."""
-    configure_ray_environment(local=address is None)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    experiment_id = tracking.ensure_experiment(uri, spec.name)
-    storage_path = _storage_path(storage)
+def _reopen(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path: str) -> SearchRun:
     from ray import tune
 
-    if resume:
-        parent_run_id, ray_name = _find_resumable(uri, experiment_id, storage_path, spec)
-        tracking.reopen_search_run(uri, parent_run_id)
-    else:
-        ray_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        parent_run_id = tracking.start_search_run(
-            uri, experiment_id, run_name=ray_name, spec_yaml=spec.source,
-            search_keys=spec.searched_keys,
-            tags={"samtune.ray_name": ray_name, "samtune.storage": storage_path})
-    _init_ray(address)
-    total = grid_size(spec) * spec.samples if spec.grid else spec.samples
-    from samtune.search.callbacks import MlflowRunCloser, SearchProgress
-    from samtune.search.trainable import samtune_trial
-
-    callbacks = [MlflowRunCloser(uri, experiment_id, parent_run_id),
-                 SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], total)]
-    resources = _default_resources(spec)
-    trainable = tune.with_resources(samtune_trial, resources)
-    path = f"{storage_path.rstrip('/')}/{ray_name}"
-    print(f"search {spec.name!r}: {total} trials, {spec.concurrency} at a time; "
-          f"MLflow parent run {parent_run_id}; Ray results in {path}", flush=True)
-    if resume:
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        meta = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-                "objective_keys": _objective_keys(spec), "report_keys": _required_keys(spec),
-                "bundles": bundle_table(spec), "fault_at_epoch": _fault_epoch(),
-                "fault_dir": storage_path}
-        tuner = tune.Tuner(trainable, param_space=_param_space(spec, meta, resources),
-                           tune_config=_tune_config(spec),
-                           run_config=_run_config(spec, storage_path, ray_name, callbacks))
-    results = tuner.fit()
-    return _finish(spec, results, uri, experiment_id, parent_run_id, total, path)
-
-
-def _fault_epoch() -> int | None:
-    value = os.environ.get(FAULT_ENV)
-    return int(value) if value else None
-
-
-def _find_resumable(uri: str, experiment_id: str, storage_path: str, spec: SearchSpec) -> tuple[str, str]:
-    from ray import tune
-
-    parent_run_id = tracking.latest_search_run(uri, experiment_id)
+    parent_run_id = tracker.latest_search_run(experiment_id)
     if parent_run_id is None:
-        raise FileNotFoundError(f"no earlier search of {spec.name!r} in {uri} to resume")
-    ray_name = tracking.run_tag(uri, parent_run_id, "samtune.ray_name")
+        raise FileNotFoundError(f"no earlier search of {spec.name!r} in {tracker.uri} to resume")
+    ray_name = tracker.run_tag(parent_run_id, schema.TAG_RAY_NAME)
     path = f"{storage_path.rstrip('/')}/{ray_name}"
     if not ray_name or not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"search run {parent_run_id} has no resumable Ray state at {path}; "
                                 f"give the same --storage as the interrupted search")
-    return parent_run_id, ray_name
+    tracker.reopen_search_run(parent_run_id)
+    return SearchRun(tracker, experiment_id, parent_run_id, path)
 
 
-def _finish(spec, results, uri, experiment_id, parent_run_id, total, path) -> int:
-    statuses = [t.status for t in results._experiment_analysis.trials]
-    finished = sum(s in ("TERMINATED", "ERROR") for s in statuses)
-    interrupted = finished < total
-    tracking.close_running_children(uri, experiment_id, parent_run_id, "failed",
-                                    error="search interrupted; resume with samtune search --resume")
+def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: str | None = None,
+               storage: str | None = None, resume: bool = False,
+               trainable: Callable[..., None] | None = None) -> int:
+    """Run (or finish, with ``resume``) a search; returns the process exit code.
+
+    ``trainable`` is the function trainable, called as ``trainable(hparams, context=...)``;
+    by default :func:`~samtune.search.trainable.samtune_trial` (a test wraps it to
+    inject faults)."""
+    configure_ray_environment(local=address is None)  # before Ray is imported
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.ensure_experiment(spec.name)
+    storage_path = _storage_path(storage)
+    opened = (_reopen if resume else _start)(spec, tracker, experiment_id, storage_path)
+    _init_ray(address)
+    from ray import tune
+
+    from samtune.search.callbacks import MlflowRunCloser, SearchProgress
+    from samtune.search.trainable import samtune_trial
+
+    resources = _default_resources(spec)
+    context = build_context(spec, tracking_uri=tracker.uri, experiment_id=experiment_id,
+                            parent_run_id=opened.parent_run_id, resources=resources)
+    tracker.log_text(opened.parent_run_id, context.to_json(), schema.ARTIFACT_CONTEXT)
+    bound = tune.with_resources(tune.with_parameters(trainable or samtune_trial, context=context),
+                                resources)
+    print(f"search {spec.name!r}: {spec.total_trials} trials, {spec.concurrency} at a time; "
+          f"MLflow parent run {opened.parent_run_id}; Ray results in {opened.ray_path}", flush=True)
+    if resume:
+        tuner = tune.Tuner.restore(opened.ray_path, trainable=bound, resume_errored=True)
+    else:
+        callbacks = [MlflowRunCloser(tracker, experiment_id, opened.parent_run_id),
+                     SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], spec.total_trials)]
+        tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec),
+                           run_config=_run_config(spec, storage_path, opened.ray_path.rsplit("/", 1)[-1],
+                                                  callbacks))
+    return _finish(spec, tuner.fit(), opened)
+
+
+def _finish(spec: SearchSpec, results, opened: SearchRun) -> int:
+    finished = results.num_terminated + results.num_errors
+    interrupted = finished < spec.total_trials
+    tracker = opened.tracker
+    tracker.close_running_children(opened.experiment_id, opened.parent_run_id, schema.FAILED,
+                                   error="search interrupted; resume with samtune search --resume")
     metric, mode = spec.objective.metrics[0], spec.objective.modes[0]
     best = _best(results, metric, mode)
-    summary = {"trials_finished": finished, "trials_errored": statuses.count("ERROR")}
+    summary = {"trials_finished": finished, "trials_errored": results.num_errors}
     if best is not None:
         summary[f"best_{metric}"] = best.metrics[metric]
-    tracking.end_search_run(uri, parent_run_id, state="KILLED" if interrupted else "FINISHED",
-                            metrics=summary)
-    _print_summary(spec, best, metric, uri, experiment_id, parent_run_id, path, finished, total)
+    tracker.end_search_run(opened.parent_run_id, state="KILLED" if interrupted else "FINISHED",
+                           metrics=summary)
+    _print_summary(spec, best, metric, opened, finished)
     if interrupted:
-        print(f"search interrupted after {finished}/{total} trials; finish it by running "
+        print(f"search interrupted after {finished}/{spec.total_trials} trials; finish it by running "
               f"the same command with --resume", file=sys.stderr)
         return 130
     return 0
@@ -222,14 +205,16 @@ def _best(results, metric: str, mode: str):
     return best if best is not None and best.metrics and metric in best.metrics else None
 
 
-def _print_summary(spec, best, metric, uri, experiment_id, parent_run_id, path, finished, total):
-    print(f"\nsearch {spec.name!r}: {finished}/{total} trials finished")
+def _print_summary(spec: SearchSpec, best, metric: str, opened: SearchRun, finished: int) -> None:
+    uri = opened.tracker.uri
+    print(f"\nsearch {spec.name!r}: {finished}/{spec.total_trials} trials finished")
     if best is not None:
         searched = {k: best.config.get(k) for k in spec.searched_keys if k in best.config}
         print(f"best trial: {metric} = {best.metrics[metric]:.4f}  {searched}")
-    print(f"MLflow: {uri}, experiment {spec.name!r} (id {experiment_id}), parent run {parent_run_id}")
-    print(f"Ray results and checkpoints: {path}")
-    print(f"open the UI:  {tracking.ui_command(uri)}")
-    print(f"then browse:  {tracking.runs_url('http://127.0.0.1:5000', experiment_id)}")
-    print(f"report:       samtune report --experiment {spec.name} --search {parent_run_id}"
+    print(f"MLflow: {uri}, experiment {spec.name!r} (id {opened.experiment_id}), "
+          f"parent run {opened.parent_run_id}")
+    print(f"Ray results and checkpoints: {opened.ray_path}")
+    print(f"open the UI:  {ui_command(uri)}")
+    print(f"then browse:  {runs_url('http://127.0.0.1:5000', opened.experiment_id)}")
+    print(f"report:       samtune report --experiment {spec.name} --search {opened.parent_run_id}"
           + (f" --tracking-uri {uri}" if uri.startswith("http") else ""))

@@ -23,6 +23,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from samtune import schema
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn
 from samtune.sharpness.ascent import ascent
@@ -35,28 +36,36 @@ from samtune.sharpness.worst_case import worst_case
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """name: registry key. metric: the MLflow metric name. function: called as
-    ``function(model, loss_fn, batches, **settings, [seed=], [dtype=])``.
-    settings: the defaults that define the measure. stochastic: takes ``seed``.
-    per_batch: depends on the batch size m (m-sharpness). uncertainty: the
-    Measurement field reported as ``<metric>_<field>`` ("stderr", "residual").
-    data: the data the definition was published with (n_examples, m), checked
-    with a warning."""
+    """name: a measure of :data:`samtune.schema.MEASURES`, which also fixes its
+    metric name, the error estimate logged beside it and whether it depends on the
+    batch size m. function: called as ``function(model, loss_fn, batches,
+    **settings, [seed=], [dtype=])``. settings: the defaults that define the
+    measure. stochastic: takes ``seed``. data: the data the definition was
+    published with (n_examples, m), checked with a warning."""
 
     name: str
-    metric: str
     function: Callable[..., Measurement]
     settings: Mapping[str, object]
     description: str
     stochastic: bool = False
-    per_batch: bool = False
-    uncertainty: str | None = None
     data: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # read-only views: the registry is shared, a definition must not drift
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
         object.__setattr__(self, "data", MappingProxyType(dict(self.data)))
+
+    @property
+    def metric(self) -> str:
+        return schema.MEASURES[self.name].metric
+
+    @property
+    def uncertainty(self) -> str | None:
+        return schema.MEASURES[self.name].uncertainty
+
+    @property
+    def per_batch(self) -> bool:
+        return schema.MEASURES[self.name].per_batch
 
 
 def _norm_param_l2(model, loss_fn, batches, *, init_params=None, dtype=None):
@@ -72,11 +81,11 @@ def _norm_dist_from_init(model, loss_fn, batches, *, init_params=None, dtype=Non
 def _specs() -> list[MeasureSpec]:
     def worst(name, rho, norm, adaptive, **extra):
         return MeasureSpec(
-            name, f"sharpness_{name}", worst_case,
+            name, worst_case,
             {"rho": rho, "norm": norm, "adaptive": adaptive, "steps": 20,
              "step_size_mult": 1.0, "rand_init": False},
             f"worst-case m-sharpness, {norm}{', adaptive' if adaptive else ''}, APGD",
-            stochastic=True, per_batch=True, **extra)
+            stochastic=True, **extra)
 
     # Radii: the smallest of each sweep in tml-epfl's sh/eval_sharpness_final.sh
     # (ResNet-18, CIFAR-10), except harada (iiduka-researches/GSAM_batch_inc).
@@ -86,30 +95,22 @@ def _specs() -> list[MeasureSpec]:
         worst("worst_linf_adaptive", 1e-3, "linf", True),
         worst("worst_l2", 0.25, "l2", False),
         worst("worst_l2_adaptive", 0.25, "l2", True),
-        MeasureSpec("avg_l2", "sharpness_avg_l2", average_case,
-                    {"sigma": 0.05, "adaptive": False, "samples": 20},
-                    "average-case sharpness, Gaussian noise N(0, σ²I)",
-                    stochastic=True, per_batch=True, uncertainty="stderr"),
-        MeasureSpec("avg_l2_adaptive", "sharpness_avg_l2_adaptive", average_case,
-                    {"sigma": 0.05, "adaptive": True, "samples": 20},
-                    "average-case sharpness, noise σ|w|⊙z",
-                    stochastic=True, per_batch=True, uncertainty="stderr"),
-        MeasureSpec("keskar", "sharpness_keskar", keskar,
+        MeasureSpec("avg_l2", average_case, {"sigma": 0.05, "adaptive": False, "samples": 20},
+                    "average-case sharpness, Gaussian noise N(0, σ²I)", stochastic=True),
+        MeasureSpec("avg_l2_adaptive", average_case, {"sigma": 0.05, "adaptive": True, "samples": 20},
+                    "average-case sharpness, noise σ|w|⊙z", stochastic=True),
+        MeasureSpec("keskar", keskar,
                     {"epsilon": 1e-3, "method": "apgd", "steps": 20},
                     "Keskar ε-sharpness, box ε(|w|+1), percent of 1 + L"),
-        MeasureSpec("ascent", "sharpness_ascent", ascent, {"rho": 0.05, "adaptive": False},
-                    "loss increase along the normalized batch gradient (SAM's step)",
-                    per_batch=True),
-        MeasureSpec("hessian_max_eig", "sharpness_hessian_max_eig", hessian_max_eigenvalue,
-                    {"iters": 50, "tol": 1e-3}, "top Hessian eigenvalue, Lanczos",
-                    stochastic=True, uncertainty="residual"),
-        MeasureSpec("hessian_trace", "sharpness_hessian_trace", hessian_trace,
-                    {"samples": 10, "deflation": 10},
+        MeasureSpec("ascent", ascent, {"rho": 0.05, "adaptive": False},
+                    "loss increase along the normalized batch gradient (SAM's step)"),
+        MeasureSpec("hessian_max_eig", hessian_max_eigenvalue, {"iters": 50, "tol": 1e-3},
+                    "top Hessian eigenvalue, Lanczos", stochastic=True),
+        MeasureSpec("hessian_trace", hessian_trace, {"samples": 10, "deflation": 10},
                     "Hessian trace, Hutchinson (Rademacher), Lanczos-deflation control variate",
-                    stochastic=True, uncertainty="stderr"),
-        MeasureSpec("norm_param_l2", "norm_param_l2", _norm_param_l2, {},
-                    "parameter L2 norm ‖w‖₂"),
-        MeasureSpec("norm_dist_from_init", "norm_dist_from_init", _norm_dist_from_init, {},
+                    stochastic=True),
+        MeasureSpec("norm_param_l2", _norm_param_l2, {}, "parameter L2 norm ‖w‖₂"),
+        MeasureSpec("norm_dist_from_init", _norm_dist_from_init, {},
                     "distance from initialization ‖w − w₀‖₂"),
     ]
 
@@ -121,10 +122,7 @@ MEASURES: Mapping[str, MeasureSpec] = MappingProxyType({s.name: s for s in _spec
 # all — about 100 forward-backward passes over the 1024 examples: harada and
 # worst_linf_adaptive 20 each, avg_l2 20 forward passes, the Hessian measures
 # 15–20 products each (a cached product costs about one and a half passes).
-DEFAULT_MEASURES: tuple[str, ...] = (
-    "harada", "worst_linf_adaptive", "avg_l2", "ascent",
-    "hessian_max_eig", "hessian_trace", "norm_param_l2", "norm_dist_from_init",
-)
+DEFAULT_MEASURES: tuple[str, ...] = schema.DEFAULT_MEASURES
 
 
 def get_measure(name: str) -> MeasureSpec:
@@ -162,26 +160,37 @@ def _data_shape(batches: Sequence[Batch]) -> tuple[int, int]:
     return sum(sizes), (sizes[0] if sizes else 0)
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How ``measure_all(dtype=...)`` computes: None is float32 (see the package doc)."""
+    return _PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+_PRECISION_NAMES = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16",
+                    torch.float16: "fp16", torch.float64: "fp64"}
+
+
 def measure_settings(names: Iterable[str] | None = None,
                      overrides: Mapping[str, Mapping[str, object]] | None = None, *,
-                     batches: Sequence[Batch] | None = None) -> dict[str, str]:
+                     batches: Sequence[Batch] | None = None,
+                     dtype: torch.dtype | None = None) -> dict[str, str]:
     """Flat string parameters ``sharpness.<name>.<setting>`` for each measure
-    (the ``norm_*`` baselines have none); with ``batches``, also
-    ``.n_examples`` and, for per-batch measures, ``.m``."""
+    (the ``norm_*`` baselines have none): its settings and ``.precision``; with
+    ``batches``, also ``.n_examples`` and, for per-batch measures, ``.m``.
+    Together they are the measure's identity: two values are the same quantity
+    only when all of these match."""
     names = DEFAULT_MEASURES if names is None else tuple(names)
     _check_overrides(overrides)
     params: dict[str, str] = {}
     shape = _data_shape(batches) if batches is not None else None
     for name in names:
-        spec = get_measure(name)
-        if not spec.metric.startswith("sharpness_"):
+        if not schema.MEASURES[get_measure(name).name].has_settings:
             continue
-        for key, value in resolve_settings(name, overrides).items():
-            params[f"sharpness.{name}.{key}"] = str(value)
+        settings = {**resolve_settings(name, overrides), "precision": precision_name(dtype)}
         if shape is not None:
-            params[f"sharpness.{name}.n_examples"] = str(shape[0])
-            if spec.per_batch:
-                params[f"sharpness.{name}.m"] = str(shape[1])
+            settings["n_examples"] = shape[0]
+            if schema.MEASURES[name].per_batch:
+                settings["m"] = shape[1]
+        params.update({schema.measure_param(name, key): str(value) for key, value in settings.items()})
     return params
 
 
@@ -211,7 +220,7 @@ def measure_all(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch],
         kwargs = resolve_settings(spec.name, overrides)
         if spec.stochastic:
             kwargs["seed"] = seed
-        if not spec.metric.startswith("sharpness_"):
+        if not schema.MEASURES[spec.name].has_settings:
             kwargs["init_params"] = init_params
         measurement = spec.function(model, loss_fn, batches, dtype=dtype, **kwargs)
         results[spec.metric] = measurement.value
@@ -223,13 +232,8 @@ def measure_all(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch],
 def metric_names(names: Iterable[str] | None = None) -> list[str]:
     """The keys :func:`measure_all` returns for ``names`` (None → the defaults,
     ``norm_dist_from_init`` included)."""
-    keys = []
-    for name in (DEFAULT_MEASURES if names is None else names):
-        spec = get_measure(name)
-        keys.append(spec.metric)
-        if spec.uncertainty is not None:
-            keys.append(f"{spec.metric}_{spec.uncertainty}")
-    return keys
+    names = None if names is None else tuple(get_measure(name).name for name in names)
+    return list(schema.measure_metric_names(names))
 
 
 def _warn_on_data_mismatch(spec: MeasureSpec, batches: Sequence[Batch]) -> None:

@@ -1,5 +1,5 @@
-"""One trial from the command line: progress bar, MLflow run, summary table;
-and sharpness of a saved trial (``samtune sharpness``)."""
+"""One trial outside a search: ``samtune train`` (progress bar, MLflow run, summary
+table) and ``samtune sharpness`` (the measures of a saved trial)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from samtune import tracking
+from samtune import schema, tracking
 from samtune.config import TrialConfig, make_trial_config
-from samtune.train import TrialResult, train
-
-MODEL_ARTIFACT = "model.pt"
+from samtune.provenance import identity_tags
+from samtune.tracking import MlflowSink, Tracker
+from samtune.train import Trial, TrialResult, train
 
 
 class ProgressSink:
@@ -47,49 +47,40 @@ class Sinks:
 class ModelArtifactSink:
     """Saves the trained weights with the run, so ``samtune sharpness RUN_ID`` works."""
 
-    def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
 
     def on_epoch(self, record, checkpoint, final) -> None:
         if final is None:
             return
         state = checkpoint()
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / MODEL_ARTIFACT
+            path = Path(folder) / schema.ARTIFACT_MODEL
             torch.save({"config": state["config"], "model": state["model"]}, path)
-            tracking.log_artifact(self.uri, self.run_id, path)
-
-
-def trial_params(config: TrialConfig) -> dict[str, str]:
-    from samtune import sharpness
-
-    params = config.to_params()
-    if config.sharpness != ():
-        params.update(sharpness.measure_settings(config.sharpness))
-    return params
+            self.tracker.log_artifact(self.run_id, path)
 
 
 def run_cli_trial(config: TrialConfig, *, experiment: str, tracking_uri: str | None) -> int:
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    experiment_id = tracking.ensure_experiment(uri, experiment)
+    tracker = Tracker(tracking_uri)
+    experiment_id = tracker.ensure_experiment(experiment)
     trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run_id = tracking.start_trial_run(uri, experiment_id, params=trial_params(config),
-                                      run_name=trial_id, trial_id=trial_id)
+    run_id = tracker.start_trial_run(experiment_id, params=config.to_params(), run_name=trial_id,
+                                     trial_id=trial_id, tags=identity_tags(config.hparams))
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    sink = Sinks(tracking.MlflowSink(uri, run_id, config_yaml), ModelArtifactSink(uri, run_id),
+    sink = Sinks(MlflowSink(tracker, run_id, config_yaml), ModelArtifactSink(tracker, run_id),
                  ProgressSink(config.epochs))
     started = time.perf_counter()
     try:
         result = train(config, sink)
     except KeyboardInterrupt:
-        tracking.end_trial_run(uri, run_id, "failed", "interrupted by the user")
+        tracker.end_trial_run(run_id, schema.FAILED, "interrupted by the user")
         print("interrupted; the run is marked failed", file=sys.stderr)
         return 130
     except Exception as err:
-        tracking.end_trial_run(uri, run_id, "failed", f"{type(err).__name__}: {err}")
+        tracker.end_trial_run(run_id, schema.FAILED, f"{type(err).__name__}: {err}")
         raise
-    print_summary(result, time.perf_counter() - started, uri, experiment_id, run_id)
-    return 0 if result.status == "completed" else 1
+    print_summary(result, time.perf_counter() - started, tracker.uri, experiment_id, run_id)
+    return 0 if result.status == schema.COMPLETED else 1
 
 
 def print_summary(result: TrialResult, seconds: float, uri: str, experiment_id: str, run_id: str) -> None:
@@ -111,25 +102,17 @@ def load_saved_model(source: str, tracking_uri: str | None, device: str):
     """(config, state dict) from a checkpoint file or an MLflow run's model artifact."""
     path = Path(source)
     if not path.exists():
-        uri = tracking.resolve_tracking_uri(tracking_uri)
-        path = tracking.download_artifact(uri, source, MODEL_ARTIFACT)
+        path = Tracker(tracking_uri).download_artifact(source, schema.ARTIFACT_MODEL)
     state = torch.load(path, map_location="cpu", weights_only=True)
     config = make_trial_config(dict(state["config"], device=device), where="checkpoint config")
     return config, state["model"]
 
 
 def measure_saved_trial(source: str, *, names, device: str, tracking_uri: str | None) -> dict[str, float]:
-    from samtune import sharpness
-    from samtune.data import fixed_batches, load_dataset
-    from samtune.train import build_model, plain_cross_entropy, resolve_device
-
+    """Sharpness of a saved trial's weights, measured as the trial itself measures
+    (same examples, same settings)."""
     config, weights = load_saved_model(source, tracking_uri, device)
-    torch_device = resolve_device(config.device)
-    data = load_dataset(config.dataset, root=config.data_dir, device=torch_device)
-    model, init_params = build_model(config, data, torch_device)
-    model.load_state_dict(weights)
-    batches = fixed_batches(data.train_x, data.train_y, n_examples=config.sharpness_examples,
-                            batch_size=config.sharpness_batch)
-    return sharpness.measure_all(model, plain_cross_entropy, batches,
-                                 names=names if names is not None else config.sharpness,
-                                 init_params=init_params, seed=config.seed)
+    trial = Trial(config)
+    trial.model.load_state_dict(weights)
+    values, _ = trial.measure_sharpness(names)
+    return values

@@ -1,0 +1,75 @@
+"""What a trial needs besides its hyperparameters, as one frozen object.
+
+The Tuner's param space holds hyperparameters only (what Optuna samples, what Ray
+records per trial); the tracking store, the parent run, the bundle tables and the
+run settings travel in a :class:`TrialContext` given to the trainable with
+``tune.with_parameters``.  A resumed search rebuilds the same context from its spec
+and its parent run, so nothing of it has to survive in Ray's experiment state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from samtune import schema
+from samtune.spec import SearchSpec, bundle_table
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    # fixed run settings (device, threads, absolute data paths): not hyperparameters
+    run_settings: Mapping[str, Any] = field(default_factory=dict)
+    # grid axis -> bundle name -> the trial parameters it sets
+    bundles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    # objective metrics only known at the end (sharpness): NaN in earlier results,
+    # because Tune wants every searched metric in every result
+    end_of_trial_keys: tuple[str, ...] = ()
+    # every metric the searcher or scheduler reads: NaN in a trial that cannot run
+    required_keys: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                  resources: Mapping[str, float]) -> TrialContext:
+    """The context every trial of ``spec`` runs with, from the spec and the resources
+    one trial gets (which choose the default device and thread count)."""
+    end_of_trial = tuple(m for m in spec.objective.metrics if m.startswith(schema.MEASURE_PREFIXES))
+    required = list(spec.objective.metrics)
+    if spec.scheduler is not None:
+        required.append(spec.scheduler.metric)
+    return TrialContext(
+        tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+        run_settings=run_settings(spec.trial, resources), bundles=bundle_table(spec),
+        end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)))
+
+
+def run_settings(trial: Mapping[str, Any], resources: Mapping[str, float]) -> dict[str, Any]:
+    """The fixed run settings of a search's trials, with what the resources imply
+    filled in.  Ray runs each trial in its own directory, so data paths are made
+    absolute here, in the driver."""
+    from samtune.data import data_root
+
+    settings = {key: trial[key] for key in schema.RUN_SETTINGS if key in trial}
+    settings["data_dir"] = str(data_root(settings.get("data_dir")).resolve())
+    settings.setdefault("device", "cuda" if resources.get("gpu", 0) > 0 else "cpu")
+    settings.setdefault("num_threads", max(1, int(resources["cpu"])))
+    return settings
+
+
+def hyperparameters(trial: Mapping[str, Any]) -> dict[str, Any]:
+    """The fixed hyperparameters of a search's trials, with an image-folder data
+    set's path made absolute (it is part of the data set's name)."""
+    values = {key: value for key, value in trial.items() if key not in schema.RUN_SETTINGS}
+    dataset = str(values.get("dataset", ""))
+    if dataset.startswith(schema.IMAGEFOLDER_PREFIX):
+        folder = Path(dataset.removeprefix(schema.IMAGEFOLDER_PREFIX)).resolve()
+        values["dataset"] = f"{schema.IMAGEFOLDER_PREFIX}{folder}"
+    return values
