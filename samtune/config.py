@@ -42,6 +42,7 @@ class HyperParams(ScheduleParams):
     # what is trained
     dataset: str = "digits"
     model: Literal[schema.MODELS] = "small_cnn"
+    init: Literal[schema.INITS] = "default"
     seed: int = Field(0, ge=0)
     # optimizer
     optimizer: Literal[schema.OPTIMIZERS] = "gsam"

@@ -34,6 +34,8 @@ from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.vision_transformer import VisionTransformer
 
+from samtune import schema
+
 # Inputs at most this large get the CIFAR stem (3×3 stride 1, no max-pool):
 # torchvision's ImageNet stem would shrink a 32×32 image to 1×1 by layer4.
 CIFAR_STEM_MAX_SIZE = 64
@@ -250,12 +252,40 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 _COMMON_ARGS = ("num_classes", "in_channels", "image_size")
 
 
+def reinitialize_(model: nn.Module, init: str) -> nn.Module:
+    """Re-draw the weights of ``model`` in place (from the global torch RNG):
+
+    - ``default``: leave the architecture's own init (torchvision's ResNets and
+      the WRN: Kaiming-normal fan-out convs; the small CNN: PyTorch's layer init);
+    - ``pytorch``: every layer's own ``reset_parameters()``, i.e. what a model
+      with no init code gets (convs and linears Kaiming-uniform with a = √5, BN
+      weight 1, bias 0): the paper's ResNets (``iiduka-researches/GSAM_batch_inc``
+      ``models/resnet.py``);
+    - ``kaiming``: convs Kaiming-normal fan-out (ReLU gain), BN weight 1 and bias 0,
+      linears PyTorch's init: torchvision's ResNet recipe, on any architecture.
+    """
+    if init not in schema.INITS:
+        raise ValueError(f"init must be one of {', '.join(schema.INITS)}; got {init!r}")
+    if init == "default":
+        return model
+    for module in model.modules():
+        if init == "kaiming" and isinstance(module, nn.Conv2d):
+            _kaiming_conv_(module)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model
+
+
 def create_model(
-    name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32, **kwargs: Any
+    name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32, init: str = "default",
+    **kwargs: Any
 ) -> nn.Module:
-    """Build the registered model ``name``; ``kwargs`` go to its builder
-    (e.g. ``depth``/``widen``/``dropout`` for ``wrn28_10``, ``stem`` for the
-    ResNets, ``patch_size`` for ``vit_tiny``)."""
+    """Build the registered model ``name`` with weights drawn by ``init`` (see
+    :func:`reinitialize_`); ``kwargs`` go to its builder (e.g.
+    ``depth``/``widen``/``dropout`` for ``wrn28_10``, ``stem`` for the ResNets,
+    ``patch_size`` for ``vit_tiny``)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
     for key, value in zip(_COMMON_ARGS, (num_classes, in_channels, image_size)):
@@ -269,4 +299,5 @@ def create_model(
             f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
             f"allowed: {', '.join(allowed) or 'none'}"
         )
-    return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    model = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    return reinitialize_(model, init)

@@ -106,10 +106,14 @@ def lr_schedule(
     - ``exponential``: ``lr (lr_final / lr)^t`` (needs ``lr_final > 0``)
     - ``step``:        ``lr * 0.2^k``, ``k`` = number of milestones
       ``{0.3, 0.6, 0.8}`` with ``t >= milestone`` (GSAM ``example/utility/step_lr.py``)
-    - ``diminishing``: ``lr / (floor(e - w) + 1)^lr_power``, constant within an
-      epoch (Khanh et al.: ``lr_power=1`` is "Diminish 1",
-      ``η_e = η0/(e+1)``; ``lr_power=0.5001`` is "Diminish 2" without its
-      one-epoch lag)
+    - ``diminishing``: ``lr / (k + 1)^lr_power`` with ``k = floor(e - w)``, constant
+      within an epoch (Khanh et al.'s "Diminish 1" is ``lr_power=1``: ``η0/(k+1)``)
+    - ``diminishing_from1``: ``lr / max(k, 1)^lr_power`` (Khanh et al.'s "Diminish 2"
+      is ``lr_power=0.5001``: their scheduler steps after each epoch, so epochs 0
+      and 1 both train at ``η0``)
+    - ``diminishing_klogk``: ``lr`` in epoch 0, then ``lr / (j ln j)`` with
+      ``j = 3 + floor((k - 1) / 5)`` (Khanh et al.'s "Diminish 3": ``j`` grows by
+      one every five epochs; ``lr_power`` is not used)
 
     Every shape equals ``lr`` at ``e = w``, so the curve is continuous at the
     end of warmup.  ``e > epochs`` is treated as ``e = epochs``.
@@ -170,7 +174,15 @@ def _decay(shape: str, lr: float, lr_final: float, power: float) -> Callable[[fl
         return lambda t, since: lr * STEP_FACTOR ** sum(
             t >= m - _MILESTONE_TOL for m in STEP_MILESTONES
         )
-    return lambda t, since: lr / (math.floor(since) + 1) ** power
+    if shape == "diminishing":
+        return lambda t, since: lr / (math.floor(since) + 1) ** power
+    if shape == "diminishing_from1":
+        return lambda t, since: lr / max(math.floor(since), 1) ** power
+    return lambda t, since: lr if since < 1 else lr / _klogk(3 + (math.floor(since) - 1) // 5)
+
+
+def _klogk(k: int) -> float:
+    return k * math.log(k)
 
 
 # ---------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from typing import Mapping
 # -- catalogues of trial-parameter values -------------------------------------------
 OPTIMIZERS = ("sgd", "sam", "gsam", "asam", "usam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
-LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing")
+LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing",
+             "diminishing_from1", "diminishing_klogk")
 LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
 RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")
 IMAGEFOLDER_PREFIX = "imagefolder:"  # dataset "imagefolder:<path>": any train/ test/ image folder
 MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "resnet50")
+INITS = ("default", "pytorch", "kaiming")  # model weight init (samtune.models.reinitialize_)
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVE_MODES = ("min", "max")

@@ -249,7 +249,7 @@ def build_model(config: TrialConfig, data, device: torch.device):
     trial gives the same initialization: a checkpoint need not store it)."""
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size).to(device)
+                         image_size=data.image_size, init=config.init).to(device)
     init_params = [p.detach().clone() for p in model.parameters()]
     return model, init_params
 

@@ -219,3 +219,42 @@ def test_small_cnn_learns_digits():
     with torch.no_grad():
         test_error = (model(x_test).argmax(1) != y_test).float().mean().item()
     assert test_error < 0.05
+
+
+def _conv_square_norms(model):
+    return [(conv, float(conv.weight.detach().pow(2).sum())) for conv in model.modules()
+            if isinstance(conv, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_pytorch_init_is_every_layers_default_init(name):
+    """The paper's ResNets have no init code: each conv is PyTorch's default,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so E||W||² = numel / (3 fan_in) = out/3."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=100, init="pytorch")
+    convs = _conv_square_norms(model)
+    expected = sum(conv.out_channels / 3 for conv, _ in convs)
+    assert sum(sq for _, sq in convs) == pytest.approx(expected, rel=0.02)
+    # and layer by layer against freshly built torch layers of the same shapes
+    torch.manual_seed(1)
+    for conv, sq in convs:
+        fresh = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=False)
+        if fresh.weight.numel() >= 4096:  # enough weights for a 10 % agreement
+            assert sq == pytest.approx(float(fresh.weight.pow(2).sum()), rel=0.1)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+
+
+@pytest.mark.parametrize("init", ["default", "kaiming"])
+def test_kaiming_init_is_torchvisions(init):
+    """Kaiming-normal fan-out with ReLU gain: Var = 2 / (out k²), so E||W||² = 2 in."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, init=init)
+    convs = _conv_square_norms(model)
+    expected = sum(2 * conv.in_channels for conv, _ in convs)
+    assert sum(sq for _, sq in convs) == pytest.approx(expected, rel=0.02)
+
+
+def test_init_choice_is_validated():
+    with pytest.raises(ValueError, match="init must be one of default, pytorch, kaiming; got 'xavier'"):
+        create_model("small_cnn", num_classes=10, in_channels=1, image_size=8, init="xavier")

@@ -35,9 +35,16 @@ def reference_lr(shape, e, *, lr=LR, lr_final=LR_FINAL, epochs=EPOCHS, warmup=WA
         "exponential": np.exp((1 - t) * np.log(lr) + t * np.log(lr_final)),
         "step": lr * 0.2 ** ((t >= 0.3).astype(int) + (t >= 0.6) + (t >= 0.8)),
         "diminishing": lr / (np.floor(np.maximum(e - warmup, 0)) + 1) ** power,
+        "diminishing_from1": lr / np.maximum(np.floor(np.maximum(e - warmup, 0)), 1) ** power,
+        "diminishing_klogk": _klogk_closed_form(lr, np.floor(np.maximum(e - warmup, 0))),
     }[shape]
     ramp = lr_final + (lr - lr_final) * e / warmup if warmup > 0 else decayed
     return np.where(e < warmup, ramp, decayed)
+
+
+def _klogk_closed_form(lr, k):
+    j = 3 + np.floor((np.maximum(k, 1) - 1) / 5)
+    return np.where(k < 1, lr, lr / (j * np.log(j)))
 
 
 def make_lr(shape, **overrides):
@@ -116,6 +123,36 @@ def test_diminishing_is_per_epoch_like_khanh_diminish_1():
     assert sqrt_like(3) == pytest.approx(0.1 / 4**0.5001, rel=1e-12)
 
 
+def khanh_lrs(rule, eta0, epochs):
+    """The lr each epoch trains with under Khanh et al.'s per-epoch schedulers
+    (lhchau/fundamental-sam): the optimizer starts at eta0 and the scheduler's
+    step() runs after every epoch, setting the next epoch's lr."""
+    lrs, lr, counter, base_step, prev = [], eta0, 0, 2, None
+    for _ in range(epochs):
+        lrs.append(lr)
+        if rule == 2:
+            lr = eta0 / (counter + 1) ** 0.5001
+        else:
+            if counter % 5 == 0:
+                base_step += 1
+                prev = eta0 / (base_step * math.log(base_step))
+            lr = prev
+        counter += 1
+    return lrs
+
+
+@pytest.mark.parametrize("rule, shape, power", [(2, "diminishing_from1", 0.5001),
+                                                 (3, "diminishing_klogk", 1.0)])
+def test_khanh_diminish_2_and_3_match_their_scheduler_epoch_by_epoch(rule, shape, power):
+    schedule = lr_schedule(shape, lr=0.1, epochs=40, lr_power=power)
+    expected = khanh_lrs(rule, 0.1, 40)
+    for epoch in range(40):
+        for frac in (0.0, 0.5, 0.999):
+            assert schedule(epoch + frac) == pytest.approx(expected[epoch], rel=1e-12), (epoch, frac)
+    if rule == 3:  # k grows every five epochs after the first: epochs 1-5 share one lr, 6 starts the next
+        assert schedule(5) == schedule(1) != schedule(6) and schedule(0) == 0.1
+
+
 def test_constant_shape_may_be_all_warmup():
     schedule = lr_schedule("constant", lr=0.1, lr_final=0.01, epochs=5, warmup_epochs=5)
     assert schedule(2.5) == pytest.approx(0.055)
@@ -149,7 +186,8 @@ def test_lr_schedule_errors_name_the_key(shape, overrides, key, value):
 
 
 def test_unknown_shape_lists_allowed_ones():
-    with pytest.raises(ValueError, match="constant, cosine, linear, polynomial, exponential, step, diminishing"):
+    with pytest.raises(ValueError, match="constant, cosine, linear, polynomial, exponential, step, diminishing, "
+                       "diminishing_from1, diminishing_klogk"):
         make_lr("cubic")
 
 
