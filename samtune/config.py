@@ -56,6 +56,13 @@ class HyperParams(ScheduleParams):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = True
     precision: Literal[schema.PRECISIONS] = "fp32"
+    # when training ends besides ``epochs`` (then the most epochs a trial may take):
+    # a criterion on the training set, checked after each epoch (every bound given
+    # must hold), and a budget spent exactly, over which the lr schedule runs
+    stop_train_loss: float | None = Field(None, gt=0.0)
+    stop_train_error: float | None = Field(None, ge=0.0, lt=1.0)
+    budget: int | None = Field(None, ge=1)
+    budget_unit: Literal[schema.BUDGET_UNITS] = "steps"
     # measurement protocol
     train_eval_examples: int = Field(10_000, ge=0)
     sharpness: tuple[MeasureKey, ...] | None = None
@@ -68,8 +75,21 @@ class HyperParams(ScheduleParams):
         # The schedules validate their own cross-field constraints (lr_final <= lr,
         # rho_min <= rho, stages <= epochs, ...); build them once here so a bad
         # combination is refused before anything runs.
-        TrialSchedule.from_config(self)
+        schedule = TrialSchedule.from_config(self)
+        if self.budget is not None:
+            _check_budget(self, schedule)
         return self
+
+    @property
+    def evals_per_step(self) -> int:
+        """Gradient evaluations per optimizer step: two for the SAM family."""
+        return 1 if self.optimizer in schema.ONE_PASS_OPTIMIZERS else 2
+
+    @property
+    def criterion(self) -> dict[str, float]:
+        """The training criterion as {quantity: bound}; empty when none is set."""
+        bounds = {"train_loss": self.stop_train_loss, "train_error": self.stop_train_error}
+        return {key: value for key, value in bounds.items() if value is not None}
 
     def digest(self) -> str:
         """A stable 16-hex-digit digest of the hyperparameters (key order and run
@@ -99,6 +119,22 @@ class RunSettings(BaseModel):
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device = {self.device!r}: allowed are auto, cpu, cuda, cuda:N")
         return self
+
+
+def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:
+    """A budget must be spendable exactly within ``epochs`` epochs."""
+    budget, unit = hparams.budget, hparams.budget_unit
+    if unit == "gradient_evaluations" and budget % hparams.evals_per_step:
+        raise ValueError(f"budget = {budget}: an {hparams.optimizer} step costs {hparams.evals_per_step} "
+                         f"gradient evaluations, so the budget must be a multiple of it")
+    n_train = schema.DATASET_TRAIN_SIZES.get(hparams.dataset)
+    if n_train is None:  # an image folder: checked when its trial loads it
+        return
+    capacity = schedule.capacity(n_train, unit, hparams.evals_per_step)
+    if budget > capacity:
+        raise ValueError(f"budget = {budget} {unit} cannot be spent in epochs = {hparams.epochs} "
+                         f"({capacity} {unit} at most on {hparams.dataset}'s {n_train} training "
+                         f"examples); raise epochs, which caps a budgeted trial")
 
 
 HYPERPARAM_KEYS = tuple(HyperParams.model_fields)

@@ -434,3 +434,15 @@ class TrialSchedule:
     def rho(self, e: float) -> float:
         """Perturbation radius at elapsed epochs ``e``."""
         return self._rho_fn(e, self._lr_fn(e))
+
+    def steps_in_epoch(self, epoch: int, n_train: int) -> int:
+        """Optimizer steps of a 0-based epoch over ``n_train`` examples (the training
+        loader drops the last partial batch, as Harada's code does)."""
+        return n_train // self.batch_size(epoch)
+
+    def capacity(self, n_train: int, unit: str, evals_per_step: int = 1) -> int:
+        """The most a trial of ``params.epochs`` epochs can spend, in budget ``unit``."""
+        steps = [self.steps_in_epoch(epoch, n_train) for epoch in range(self.params.epochs)]
+        if unit == "samples":
+            return sum(s * self.batch_size(epoch) for epoch, s in enumerate(steps))
+        return sum(steps) * (evals_per_step if unit == "gradient_evaluations" else 1)

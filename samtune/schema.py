@@ -16,18 +16,25 @@ from typing import Mapping
 
 # -- catalogues of trial-parameter values -------------------------------------------
 OPTIMIZERS = ("sgd", "sam", "gsam", "asam", "usam")
+ONE_PASS_OPTIMIZERS = ("sgd",)  # the others take two forward-backward passes per step
 BASE_OPTIMIZERS = ("sgd", "adamw")
 LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step", "diminishing",
              "diminishing_from1", "diminishing_klogk")
 LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
 RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")
+# training-split sizes, so budgets and batch sizes are checked before anything loads
+DATASET_TRAIN_SIZES = MappingProxyType({"digits": 797, "cifar10": 50_000, "cifar100": 50_000,
+                                        "tiny-imagenet": 100_000})
 IMAGEFOLDER_PREFIX = "imagefolder:"  # dataset "imagefolder:<path>": any train/ test/ image folder
 MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "resnet50")
 INITS = ("default", "pytorch", "kaiming")  # model weight init (samtune.models.reinitialize_)
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVE_MODES = ("min", "max")
+# what a trial budget counts: optimizer updates, training examples, or gradient
+# evaluations (two per SAM-family step, one per base-optimizer step)
+BUDGET_UNITS = ("steps", "samples", "gradient_evaluations")
 
 # Trial keys that say where and how a trial runs, not what it is: they never enter
 # the hyperparameter digest, nor what "all other hyperparameters equal" means in a
@@ -106,11 +113,19 @@ def measure_metric_names(names: tuple[str, ...] | None) -> tuple[str, ...]:
 
 # -- metrics -------------------------------------------------------------------------
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "gen_gap", "lr",
-                 "batch_size", "rho", "steps", "samples_seen", "epoch_seconds", "samples_per_second")
+                 "batch_size", "rho", "steps", "samples_seen", "gradient_evaluations",
+                 "epoch_seconds", "samples_per_second")
 FINAL_PREFIX = "final_"
 # the per-epoch metrics whose last value is a trial's final result
-FINAL_OF = ("test_error", "train_error", "gen_gap", "test_loss", "train_loss")
+FINAL_OF = ("test_error", "train_error", "gen_gap", "test_loss", "train_loss",
+            "steps", "samples_seen", "gradient_evaluations")
 FINAL_METRICS = tuple(FINAL_PREFIX + key for key in FINAL_OF)
+# the training criterion (trial keys stop_train_loss / stop_train_error): whether a
+# trial reached it, and after how many epochs, steps and samples (NaN if never)
+CRITERION_REACHED = "criterion_reached"
+CRITERION_METRICS = (CRITERION_REACHED, "criterion_epoch", "criterion_steps", "criterion_samples")
+# the quantities a criterion may bound: per-epoch metrics measured on the training set
+CRITERION_QUANTITIES = ("train_loss", "train_error")
 EPOCH = "epoch"  # the record's epoch counter: MLflow's ``step``, not a metric
 
 # -- trial status (tag samtune.status) ------------------------------------------------

@@ -30,7 +30,7 @@ from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
 from samtune.schedules import TrialSchedule
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -55,10 +55,15 @@ class NullSink:
 
 @dataclass
 class LoopState:
-    epoch: int = 0  # epochs completed
+    epoch: int = 0  # epochs completed (the last one may be partial when a budget ran out)
     steps: int = 0
     samples_seen: int = 0
+    gradient_evaluations: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def spent(self, unit: str) -> int:
+        return {"steps": self.steps, "samples": self.samples_seen,
+                "gradient_evaluations": self.gradient_evaluations}[unit]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +121,7 @@ class Trial:
             "epoch": self.state.epoch,
             "steps": self.state.steps,
             "samples_seen": self.state.samples_seen,
+            "gradient_evaluations": self.state.gradient_evaluations,
             "history": list(self.state.history),
         }
         if self.device.type == "cuda":
@@ -132,7 +138,7 @@ class Trial:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.state = LoopState(state["epoch"], state["steps"], state["samples_seen"],
-                               list(state["history"]))
+                               state["gradient_evaluations"], list(state["history"]))
 
     # -- the loop ------------------------------------------------------------
     def autocast(self):
@@ -155,19 +161,49 @@ class Trial:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), (outputs.detach().argmax(1) != y).sum()
 
+    # -- when training ends ----------------------------------------------------
+    def budget_left(self) -> int | None:
+        if self.config.budget is None:
+            return None
+        return self.config.budget - self.state.spent(self.config.budget_unit)
+
+    def elapsed(self, epoch: int, i: int, steps_per_epoch: int) -> float:
+        """Training progress in epochs, as the schedules read it: with a budget, the
+        fraction of the budget spent, stretched over ``epochs``."""
+        if self.config.budget is None:
+            return epoch + i / steps_per_epoch
+        return self.config.epochs * self.state.spent(self.config.budget_unit) / self.config.budget
+
+    def criterion_record(self) -> dict[str, float] | None:
+        """The first epoch's record that met the training criterion, if any."""
+        bounds = self.config.criterion
+        if not bounds:
+            return None
+        return next((r for r in self.state.history if all(r[k] <= v for k, v in bounds.items())), None)
+
+    def done(self) -> bool:
+        return (self.state.epoch >= self.config.epochs or self.budget_left() == 0
+                or self.criterion_record() is not None)
+
+    # -- one epoch -------------------------------------------------------------
     def run_epoch(self, epoch: int) -> dict[str, float]:
         batch = self.schedule.batch_size(epoch)
         self.loader.batch_size = batch
         steps_per_epoch = len(self.loader)
-        first_lr = self.schedule.lr(epoch, batch)
-        first_rho = self.schedule.rho(epoch)
+        first_lr = self.schedule.lr(self.elapsed(epoch, 0, steps_per_epoch), batch)
+        first_rho = self.schedule.rho(self.elapsed(epoch, 0, steps_per_epoch))
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         started = time.perf_counter()
         for i, (x, y) in enumerate(self.loader):
-            progress = epoch + i / steps_per_epoch
+            left = self.budget_left()
+            if left == 0:
+                break
+            if self.config.budget_unit == "samples" and left is not None and left < len(y):
+                x, y = x[:left], y[:left]  # the budget ends inside this batch
+            progress = self.elapsed(epoch, i, steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(progress, batch)
             set_rho(self.optimizer, self.schedule.rho(progress))
@@ -175,11 +211,12 @@ class Trial:
             loss_sum += loss * y.numel()
             wrong += errors
             seen += y.numel()
+            self.state.steps += 1
+            self.state.samples_seen += y.numel()
+            self.state.gradient_evaluations += self.config.evals_per_step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        self.state.steps += steps_per_epoch
-        self.state.samples_seen += seen
         return {"running_loss": (loss_sum / max(seen, 1)).item(),
                 "running_error": wrong.item() / max(seen, 1),
                 "lr": first_lr, "rho": first_rho, "batch_size": batch,
@@ -214,6 +251,7 @@ class Trial:
             "test_loss": test_loss, "test_error": test_error, "gen_gap": test_error - train_error,
             "lr": stats["lr"], "batch_size": stats["batch_size"], "rho": stats["rho"],
             "steps": self.state.steps, "samples_seen": self.state.samples_seen,
+            "gradient_evaluations": self.state.gradient_evaluations,
             "epoch_seconds": stats["epoch_seconds"], "samples_per_second": stats["samples_per_second"],
         }
 
@@ -223,18 +261,30 @@ class Trial:
         names = self.config.measures if names is None else names
         if not names:
             return {}, {}
+        # a set smaller than sharpness_examples is measured whole; the measures'
+        # definitions record the number actually used
         batches = fixed_batches(self.data.train_x, self.data.train_y,
-                                n_examples=self.config.sharpness_examples,
+                                n_examples=min(self.config.sharpness_examples, len(self.data.train_y)),
                                 batch_size=self.config.sharpness_batch)
         values = sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
                                        init_params=self.init_params, seed=self.config.seed)
         return values, sharpness.measure_settings(names, batches=batches)
 
     def finish(self) -> TrialResult:
-        """The completed trial's result: final metrics of the last epoch, and sharpness."""
+        """The completed trial's result: final metrics of the last epoch, whether it
+        met its training criterion, and sharpness."""
         values, definitions = self.measure_sharpness()
-        return TrialResult(schema.COMPLETED, final_metrics(self.state.history[-1]) | values,
-                           self.state.history, measure_params=definitions)
+        final = final_metrics(self.state.history[-1]) | self.criterion_metrics() | values
+        return TrialResult(schema.COMPLETED, final, self.state.history, measure_params=definitions)
+
+    def criterion_metrics(self) -> dict[str, float]:
+        if not self.config.criterion:
+            return {}
+        record = self.criterion_record()
+        if record is None:
+            return dict.fromkeys(schema.CRITERION_METRICS, math.nan) | {schema.CRITERION_REACHED: 0.0}
+        return {schema.CRITERION_REACHED: 1.0, "criterion_epoch": record["epoch"],
+                "criterion_steps": record["steps"], "criterion_samples": record["samples_seen"]}
 
 
 @functools.lru_cache(maxsize=1)
@@ -264,21 +314,25 @@ def _is_finite(record: dict[str, float]) -> bool:
 
 def train(config: TrialConfig, sink: Sink | None = None,
           resume: dict[str, Any] | None = None) -> TrialResult:
-    """Run one trial (optionally from a checkpoint dict) and return its result."""
+    """Run one trial (optionally from a checkpoint dict) and return its result.
+
+    Training ends after ``epochs`` epochs, when the budget is spent (possibly
+    inside an epoch, which is then recorded as the last one), or after the first
+    epoch that meets the training criterion."""
     sink = sink or NullSink()
     trial = Trial(config)
     if resume is not None:
         trial.restore(resume)
-    for epoch in range(trial.state.epoch, config.epochs):
-        stats = trial.run_epoch(epoch)
-        record = trial.epoch_record(epoch, stats)
+    while not trial.done():
+        epoch = trial.state.epoch
+        record = trial.epoch_record(epoch, trial.run_epoch(epoch))
         trial.state.epoch = epoch + 1
         trial.state.history.append(record)
         result = None
         if not _is_finite(record):
             result = TrialResult(schema.DIVERGED, {}, trial.state.history,
                                  f"non-finite loss at epoch {epoch + 1}")
-        elif epoch + 1 == config.epochs:
+        elif trial.done():
             result = trial.finish()
         sink.on_epoch(record, trial.checkpoint, result)
         if result is not None:

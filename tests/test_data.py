@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from samtune import schema
 from samtune.data import (
     DatasetNotFound,
     DeviceLoader,
@@ -51,11 +52,12 @@ def test_digits_matches_an_independent_stratified_standardized_split():
     data = load_dataset("digits")
     bunch = load_digits()
     train, test, train_y, test_y = train_test_split(
-        bunch.data / 16.0, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
+        bunch.data / 16.0, bunch.target, test_size=1000, random_state=0, stratify=bunch.target
     )
     mean, std = train.mean(), train.std()
 
-    assert data.train_x.shape == (1347, 1, 8, 8) and data.test_x.shape == (450, 1, 8, 8)
+    assert data.train_x.shape == (797, 1, 8, 8) and data.test_x.shape == (1000, 1, 8, 8)
+    assert len(data.train_y) == schema.DATASET_TRAIN_SIZES["digits"]
     assert (data.num_classes, data.in_channels, data.image_size, data.augment) == (10, 1, 8, "none")
     assert data.train_y.dtype == torch.int64
     np.testing.assert_allclose(data.train_x.reshape(-1, 64).numpy(), (train - mean) / std, atol=1e-5)
@@ -67,7 +69,7 @@ def test_digits_matches_an_independent_stratified_standardized_split():
     assert data.train_x.double().std(correction=0).item() == pytest.approx(1.0, abs=1e-5)
     # stratified: each class is split 75/25 up to rounding
     totals = np.bincount(bunch.target)
-    assert np.all(np.abs(np.bincount(test_y) - 0.25 * totals) <= 1)
+    assert np.all(np.abs(np.bincount(test_y) - 1000 / len(bunch.target) * totals) <= 1)
 
 
 def test_digits_split_does_not_depend_on_global_seeds():
@@ -134,7 +136,7 @@ def test_eval_loader_yields_every_example_in_order_unaugmented():
     data = load_dataset("digits")
     loader = data.eval_loader("test", batch_size=64)
     batches = epoch(loader)
-    assert len(loader) == 8 and len(batches[-1][1]) == 450 - 7 * 64
+    assert len(loader) == 16 and len(batches[-1][1]) == 1000 - 15 * 64
     assert torch.equal(torch.cat([xb for xb, _ in batches]), data.test_x)
     assert torch.equal(torch.cat([yb for _, yb in batches]), data.test_y)
 

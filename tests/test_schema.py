@@ -35,6 +35,7 @@ def test_registries_implement_exactly_the_catalogues():
     assert set(MODELS) == set(schema.MODELS)
     assert set(DATASETS) == set(schema.DATASETS)
     assert set(MEASURES) == set(schema.MEASURES)
+    assert {name for name, info in OPTIMIZERS.items() if not info.two_pass} == set(schema.ONE_PASS_OPTIMIZERS)
 
 
 def test_config_choices_are_the_catalogues():
