@@ -7,7 +7,7 @@ and no GUI backend) and never save or show it: the caller does.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

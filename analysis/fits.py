@@ -23,8 +23,8 @@ from __future__ import annotations
 import keyword
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -306,11 +306,15 @@ def fit_pair(trials: pd.DataFrame, *, measure: str, target: str, axes: Sequence[
         return row, Granulated(np.nan, np.nan, np.nan, 0, f"not available: {why}", ()), pd.DataFrame()
     row.update(rank_correlations(x, y, options))
     if (x > 0).all():
-        row.update(_ols_columns(ols_fit(np.log(x), y, confidence_level=options.confidence_level), "ols", "r2"))
+        log_fit = ols_fit(np.log(x), y, confidence_level=options.confidence_level)
+        row.update(_ols_columns(log_fit, "ols", "r2"))
     else:
         row.update(_ols_columns(None, "ols", "r2"))
         notes.append(f"log fit not available: measure has non-positive values (min {x.min():.3g})")
     row.update(_ols_columns(ols_fit(x, y, confidence_level=options.confidence_level), "lin", "lin_r2"))
+    # an axis constant over these trials (e.g. one that varies only between the definitions
+    # of a split measure) carries nothing here: it would only make the design rank-deficient
+    axes = [a for a in axes if data[a].astype(str).nunique() > 1]
     agreement = granulated_agreement(data, axes, keys, measure, target)
     row.update(granulated_psi=agreement.psi, sign_error_mean=agreement.sign_error_mean,
                sign_error_worst=agreement.sign_error_worst, one_axis_pairs=agreement.pairs)

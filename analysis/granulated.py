@@ -20,9 +20,9 @@ rarely share all other values, so an axis may have no groups: its ψ is then
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -5,37 +5,61 @@ A trial table holds, per trial: bookkeeping (``run_id``, ``trial_id``,
 ``status``, ``error``…), every parameter (strings converted to numbers where
 every value parses), every final metric (``final_*``) and every measure
 (``sharpness_*``, ``norm_*``). ``excluded_reason`` is ``""`` for usable trials.
+A measure computed under several definitions across the trials (its
+``sharpness.<name>.*`` params differ) is split into one column per definition
+(:mod:`analysis.definitions`), so no column ever pools two quantities.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from analysis import schema
+from analysis.definitions import MeasureDefinitions, split_measures
 from analysis.errors import UnknownExperiment
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-_KIND_TAG = "samtune.kind"
-_TRIAL_FILTER = "tags.`samtune.kind` = 'trial'"
-_SEARCH_KEYS = "samtune.search_keys"
 _MISSING_PARAM = {"", "None", "none", "null", "nan", "NaN"}
 _STATUS_REASONS = {
-    "diverged": "diverged (non-finite loss)",
-    "failed": "failed",
-    "pruned": "pruned (stopped early by the scheduler)",
-    "running": "still running (no final metrics yet)",
+    schema.DIVERGED: "diverged (non-finite loss)",
+    schema.FAILED: "failed",
+    schema.PRUNED: "pruned (stopped early by the scheduler)",
+    schema.RUNNING: "still running (no final metrics yet)",
 }
 # MLflow end state → samtune status, for runs without a samtune.status tag
-_RUN_STATE_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed"}
+_RUN_STATE_STATUS = {"FINISHED": schema.COMPLETED, "FAILED": schema.FAILED, "KILLED": schema.FAILED}
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a string literal of an MLflow filter.
+
+    MLflow's filter grammar has no escape inside a quoted string: it strips the
+    enclosing quotes, single or double.  A value with a single quote is therefore
+    double-quoted; one with both kinds of quote cannot be written and is refused.
+    """
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} cannot be used in an MLflow filter string: it holds both ' and \"")
+
+
+def tag_filter(tag: str, value: str) -> str:
+    """``tags.`<tag>` = <value>``, the value quoted by :func:`filter_literal`."""
+    if "`" in tag:
+        raise ValueError(f"tag name {tag!r} cannot be used in an MLflow filter string: it holds a backtick")
+    return f"tags.`{tag}` = {filter_literal(value)}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,12 @@ class TrialTable:
     trials: pd.DataFrame
     params: tuple[str, ...]
     declared_search_keys: tuple[str, ...]
+    # every sharpness measure's definitions; a measure with several is split into columns
+    measure_definitions: tuple[MeasureDefinitions, ...] = ()
+
+    @property
+    def split_measures(self) -> tuple[MeasureDefinitions, ...]:
+        return tuple(d for d in self.measure_definitions if d.split)
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -64,7 +94,7 @@ class TrialTable:
         return self.excluded[schema.STATUS].value_counts().sort_index().to_dict()
 
 
-def mlflow_client(tracking_uri: str | None) -> "MlflowClient":
+def mlflow_client(tracking_uri: str | None) -> MlflowClient:
     """A client for ``tracking_uri`` (MLflow's default when None), with telemetry off
     unless the user asked for it (stack.md §5)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -82,13 +112,14 @@ def load_trials(experiment: str, *, tracking_uri: str | None = None,
         check_search_run(client, search_run_id, found.experiment_id, experiment)
     runs = search_trial_runs(client, found.experiment_id, search_run_id)
     trials, params = runs_to_frame(runs)
-    trials[schema.EXCLUDED] = exclusion_reasons(trials)
+    trials, definitions = split_measures(trials, params)
+    trials[schema.EXCLUDED] = exclusion_reasons(trials, params)
     declared = declared_search_keys(client, trials[schema.PARENT].dropna().unique())
     return TrialTable(found.experiment_id, experiment, client.tracking_uri, search_run_id,
-                      trials, tuple(params), declared)
+                      trials, tuple(params), declared, definitions)
 
 
-def find_experiment(client: "MlflowClient", name: str):
+def find_experiment(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
         known = sorted(e.name for e in client.search_experiments(max_results=200))
@@ -99,7 +130,7 @@ def find_experiment(client: "MlflowClient", name: str):
     return experiment
 
 
-def check_search_run(client: "MlflowClient", run_id: str, experiment_id: str,
+def check_search_run(client: MlflowClient, run_id: str, experiment_id: str,
                      experiment: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -108,19 +139,19 @@ def check_search_run(client: "MlflowClient", run_id: str, experiment_id: str,
     except MlflowException:
         raise UnknownExperiment(
             f"search run id = {run_id!r} not found in tracking URI {client.tracking_uri!r}") from None
-    kind = run.data.tags.get(_KIND_TAG)
-    if run.info.experiment_id != experiment_id or kind not in (None, "search"):
+    kind = run.data.tags.get(schema.TAG_KIND)
+    if run.info.experiment_id != experiment_id or kind not in (None, schema.KIND_SEARCH):
         raise UnknownExperiment(
             f"search run id = {run_id!r} is not a search run of experiment {experiment!r} "
-            f"(its experiment id is {run.info.experiment_id}, its {_KIND_TAG} is {kind!r})")
+            f"(its experiment id is {run.info.experiment_id}, its {schema.TAG_KIND} is {kind!r})")
 
 
-def search_trial_runs(client: "MlflowClient", experiment_id: str,
-                      search_run_id: str | None) -> list["Run"]:
+def search_trial_runs(client: MlflowClient, experiment_id: str,
+                      search_run_id: str | None) -> list[Run]:
     """All active trial runs, following MLflow's pagination."""
-    query = _TRIAL_FILTER
+    query = tag_filter(schema.TAG_KIND, schema.KIND_TRIAL)
     if search_run_id is not None:
-        query += f" and tags.`mlflow.parentRunId` = '{search_run_id}'"
+        query += f" and {tag_filter(schema.TAG_PARENT, search_run_id)}"
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=query, max_results=1000,
@@ -131,18 +162,19 @@ def search_trial_runs(client: "MlflowClient", experiment_id: str,
             return runs
 
 
-def runs_to_frame(runs: Iterable["Run"]) -> tuple[pd.DataFrame, list[str]]:
+def runs_to_frame(runs: Iterable[Run]) -> tuple[pd.DataFrame, list[str]]:
     """One row per run; returns the table and its parameter columns."""
     records, params = [], {}
     for run in runs:
         tags = run.data.tags
         record = {
             schema.RUN_ID: run.info.run_id,
-            schema.TRIAL_ID: tags.get("samtune.trial_id", run.info.run_id),
+            schema.TRIAL_ID: tags.get(schema.TAG_TRIAL_ID, run.info.run_id),
             schema.RUN_NAME: run.info.run_name,
-            schema.STATUS: tags.get("samtune.status") or _RUN_STATE_STATUS.get(run.info.status, "running"),
-            schema.ERROR: tags.get("samtune.error", ""),
-            schema.PARENT: tags.get("mlflow.parentRunId"),
+            schema.STATUS: (tags.get(schema.TAG_STATUS)
+                            or _RUN_STATE_STATUS.get(run.info.status, schema.RUNNING)),
+            schema.ERROR: tags.get(schema.TAG_ERROR, ""),
+            schema.PARENT: tags.get(schema.TAG_PARENT),
         }
         params.update(dict.fromkeys(run.data.params))
         record.update(run.data.params)
@@ -171,10 +203,12 @@ def coerce_param(values: pd.Series) -> pd.Series:
     return text
 
 
-def exclusion_reasons(trials: pd.DataFrame) -> pd.Series:
-    """Why each trial cannot enter the fits ("" when it can)."""
+def exclusion_reasons(trials: pd.DataFrame, params: Iterable[str] = ()) -> pd.Series:
+    """Why each trial cannot enter the fits ("" when it can); ``params`` are never
+    taken for measures, whatever their names."""
     targets = [t for t in schema.TARGETS if t in trials]
-    measures = [c for c in trials.columns if str(c).startswith(schema.MEASURE_PREFIXES)]
+    skip = set(params)
+    measures = [c for c in trials.columns if schema.is_measure_column(c) and c not in skip]
 
     def finite_any(row: pd.Series, cols: Sequence[str]) -> bool:
         return bool(np.isfinite(pd.to_numeric(row[cols], errors="coerce").astype(float)).any())
@@ -195,7 +229,7 @@ def exclusion_reasons(trials: pd.DataFrame) -> pd.Series:
     return trials.apply(reason, axis=1).astype(object)
 
 
-def declared_search_keys(client: "MlflowClient", parent_ids: Iterable[str]) -> tuple[str, ...]:
+def declared_search_keys(client: MlflowClient, parent_ids: Iterable[str]) -> tuple[str, ...]:
     """Keys listed in the parents' ``samtune.search_keys`` tag or param (may be empty)."""
     keys: dict[str, None] = {}
     for parent in parent_ids:
@@ -203,7 +237,7 @@ def declared_search_keys(client: "MlflowClient", parent_ids: Iterable[str]) -> t
             data = client.get_run(parent).data
         except Exception:  # a parent deleted since: its children still count
             continue
-        listed = data.tags.get(_SEARCH_KEYS) or data.params.get(_SEARCH_KEYS) or ""
+        listed = data.tags.get(schema.TAG_SEARCH_KEYS) or data.params.get(schema.TAG_SEARCH_KEYS) or ""
         keys.update(dict.fromkeys(k.strip() for k in listed.split(",") if k.strip()))
     return tuple(keys)
 
@@ -216,7 +250,7 @@ def varying_params(trials: pd.DataFrame, params: Iterable[str]) -> list[str]:
 def searched_axes(trials: pd.DataFrame, params: Iterable[str],
                   declared: Sequence[str] = ()) -> list[str]:
     """Hyperparameter axes: parameters that vary across ``trials`` (declared search keys
-    first), without the seed and run settings."""
+    first), without the seed, run settings and what defines the measures."""
     varying = [p for p in varying_params(trials, params) if schema.is_axis_candidate(p)]
     ordered = [k for k in declared if k in varying] + [p for p in varying if p not in declared]
     return ordered
@@ -224,9 +258,9 @@ def searched_axes(trials: pd.DataFrame, params: Iterable[str],
 
 def grouping_keys(trials: pd.DataFrame, params: Iterable[str]) -> list[str]:
     """Everything that must be equal for two trials to "differ in one axis only":
-    every varying parameter, the seed included, run settings excluded."""
-    return [p for p in varying_params(trials, params)
-            if p not in schema.RUN_SETTINGS and not p.startswith("sharpness")]
+    every varying parameter, the seed included; run settings and what defines the
+    measures (``sharpness.*`` params, ``sharpness_batch``…) excluded."""
+    return [p for p in varying_params(trials, params) if schema.is_grouping_candidate(p)]
 
 
 def load_histories(tracking_uri: str | None, run_ids: Sequence[str],
@@ -248,4 +282,5 @@ def load_histories(tracking_uri: str | None, run_ids: Sequence[str],
         rows = [row for chunk in pool.map(fetch, jobs) for row in chunk]
     frame = pd.DataFrame(rows, columns=[schema.RUN_ID, "metric", "step", "timestamp", "value"])
     frame = frame.sort_values("timestamp").drop_duplicates([schema.RUN_ID, "metric", "step"], keep="last")
-    return frame.drop(columns="timestamp").sort_values([schema.RUN_ID, "metric", "step"]).reset_index(drop=True)
+    frame = frame.drop(columns="timestamp").sort_values([schema.RUN_ID, "metric", "step"])
+    return frame.reset_index(drop=True)

@@ -66,17 +66,20 @@ def _is_text_column(values: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(values)
 
 
+def _cell(tag: str, text: str, is_text: bool) -> str:
+    css = ' class="text"' if is_text else ""
+    return f"<{tag}{css}>{html.escape(text)}</{tag}>"
+
+
 def html_table(frame: pd.DataFrame) -> str:
     text_cols = [_is_text_column(frame[c]) for c in frame.columns]
-    head = "".join(f'<th class="text">{html.escape(str(c))}</th>' if is_text else f"<th>{html.escape(str(c))}</th>"
-                   for c, is_text in zip(frame.columns, text_cols))
+    head = "".join(_cell("th", str(c), is_text) for c, is_text in zip(frame.columns, text_cols))
     rows = []
     for record in frame.itertuples(index=False):
-        cells = "".join(
-            f'<td class="text">{html.escape(format_cell(v))}</td>' if is_text else f"<td>{html.escape(format_cell(v))}</td>"
-            for v, is_text in zip(record, text_cols))
+        cells = "".join(_cell("td", format_cell(v), is_text) for v, is_text in zip(record, text_cols))
         rows.append(f"<tr>{cells}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    body = "".join(rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -109,8 +112,9 @@ def render_html(document: Document, root: Path) -> str:
             items = "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
             parts.append(f'<ul class="notes">{items}</ul>')
         for figure in section.figures:
-            parts.append(f'<figure><img alt="{html.escape(figure.caption)}" src="{_png_data_uri(root / figure.path)}">'
-                         f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
+            caption = html.escape(figure.caption)
+            parts.append(f'<figure><img alt="{caption}" src="{_png_data_uri(root / figure.path)}">'
+                         f"<figcaption>{caption}</figcaption></figure>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -4,19 +4,18 @@ to MLflow as a run tagged ``samtune.kind=report``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis import figures, schema
+from analysis import definitions, figures, schema
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
 from analysis.granulated import agreement_table
-from analysis.load import (TrialTable, grouping_keys, load_histories, load_trials, mlflow_client,
-                           searched_axes)
+from analysis.load import TrialTable, grouping_keys, load_histories, load_trials, mlflow_client, searched_axes
 from analysis.render import Document, FigureRef, Section, render_html, render_markdown
 from analysis.summary import SummaryInputs, summarize
 from analysis.tables import Grouping, choose_grouping, group_table, with_schedule
@@ -53,7 +52,7 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     table = load_trials(experiment, tracking_uri=tracking_uri, search_run_id=search_run_id)
     usable = _check_usable(table)
     # a usable trial has a finite target and measure, so neither list is empty
-    measures, targets = schema.measure_columns(usable), schema.target_columns(usable)
+    measures, targets = schema.measure_columns(usable, table.params), schema.target_columns(usable)
     axes = searched_axes(usable, table.params, table.declared_search_keys)
     keys = grouping_keys(usable, table.params)
     results = fit_all(usable, measures=measures, targets=targets, axes=axes, keys=keys, options=options)
@@ -69,7 +68,8 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
 
     inputs = SummaryInputs(experiment, search_run_id, len(usable), table.exclusion_counts(), axes,
                            int(usable[schema.SEED].nunique()) if schema.SEED in usable else 1,
-                           results.fits, confidence_level)
+                           results.fits, confidence_level,
+                           definitions.summary_sentence(table.measure_definitions))
     paragraphs = summarize(inputs, targets)
     document = Document(f"Sharpness and generalization: {experiment}", tuple(paragraphs),
                         _sections(table, axes, results, groups, grouping, targets, measures, figure_refs,
@@ -206,14 +206,17 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
               grouping: Grouping, targets: Sequence[str], measures: Sequence[str],
               refs: dict[str, list[FigureRef]], options: FitOptions) -> tuple[Section, ...]:
     level = f"{options.confidence_level:.0%}"
-    sections = [Section("Measures ranked", (f"Error bars: {level} paired bootstrap CIs (BCa, "
-                                            f"{options.n_resamples} resamples, seed {options.seed}).",),
-                        figures=tuple(refs["ranking"]))]
+    # a measure split by definition changes what every table below means: say so first
+    sections = [_definitions_section(table)] if table.split_measures else []
+    sections.append(Section("Measures ranked", (f"Error bars: {level} paired bootstrap CIs (BCa, "
+                                                f"{options.n_resamples} resamples, seed {options.seed}).",),
+                            figures=tuple(refs["ranking"])))
     for target in targets:
         sections.append(Section(f"Fits against {target}", table=fits_display(results.fits, target),
                                 notes=fit_notes(results.fits, target)))
     sections.append(Section("Scatter plots", (f"Black line: OLS of the target on ln(measure); band: {level} "
-                                              "CI of the fitted mean (HC3).",), figures=tuple(refs["scatter"])))
+                                              "CI of the fitted mean (HC3).",),
+                            figures=tuple(refs["scatter"])))
     sections.append(Section("Groups", ("Mean ± sample standard deviation per cell; schedule: constant, +B "
                                        "(batch_growth_ratio > 1), +C (cosine learning rate), other "
                                        "learning-rate shapes by name.",),
@@ -221,6 +224,8 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
     if refs["curves"]:
         sections.append(Section("Training curves", figures=tuple(refs["curves"])))
     sections.append(_axes_section(axes, results, targets[0]))
+    if not table.split_measures:
+        sections.append(_definitions_section(table))
     sections.append(_trials_section(table))
     sections.append(Section("Methods", _METHODS))
     return tuple(sections)
@@ -241,6 +246,22 @@ def _axes_section(axes: Sequence[str], results: FitResults, target: str) -> Sect
     return Section("One-axis comparisons", text, table=agreement.reset_index(drop=True))
 
 
+def _definitions_section(table: TrialTable) -> Section:
+    """Which definition (settings) each sharpness measure was computed under; split
+    measures first, with the reason."""
+    usable = table.usable
+    found = table.measure_definitions
+    if not found:
+        return Section("Measure definitions", ("No sharpness measure was recorded.",))
+    split = table.split_measures
+    if split:
+        text = tuple(definitions.split_paragraph(d, usable) for d in split)
+    else:
+        text = ("Every sharpness measure was computed under one definition across the trials; its "
+                "settings (params sharpness.<name>.<setting>) are listed below.",)
+    return Section("Measure definitions", text, table=definitions.definitions_table(found, usable))
+
+
 def _trials_section(table: TrialTable) -> Section:
     counts = table.trials[schema.STATUS].value_counts().sort_index()
     text = [f"{len(table.trials)} trials found: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."]
@@ -257,8 +278,8 @@ _METHODS = (
     "bootstrap CIs (scipy.stats.bootstrap, BCa, percentile where BCa is undefined).",
     "OLS (statsmodels) of the target on ln(measure) and on the measure, with HC3 robust standard errors and "
     "t-based CIs; measures with non-positive values get no log fit.",
-    "Partial correlation: partial Spearman. Measure, target and final_train_loss are ranked; the ranks of the "
-    "measure and of the target are residualized on the rank of final_train_loss by OLS and correlated "
+    "Partial correlation: partial Spearman. Measure, target and final_train_loss are ranked; the ranks of "
+    "the measure and of the target are residualized on the rank of final_train_loss by OLS and correlated "
     "(scipy.stats.pearsonr); the p-value is that of the measure's rank in OLS(target rank ~ control rank + "
     "measure rank).",
     "Granulated Kendall Ψ (Jiang et al., ICLR 2020): for each searched axis, Kendall τ inside each group of "
@@ -269,6 +290,10 @@ _METHODS = (
     "or log when positive and spanning ≥ 10×; categorical as C()), then + ln(measure). Shrink = 1 − "
     "Σ|β_with|·sd / Σ|β_without|·sd over the hyperparameter coefficients: the share of their effect that "
     "runs through the measure.",
+    "A measure is its name and its settings (params sharpness.<name>.<setting>: ρ, norm, adaptive, steps, "
+    "batch size m, number of examples, precision). A measure computed under different settings across the "
+    "trials (a setting not logged counting as its own value) is split into one measure per definition, "
+    "named <measure>[<differing settings>], each over the trials measured with it only.",
     "Excluded from every fit: trials that diverged, failed, were pruned or are still running, and completed "
     "trials without a finite target or measure.",
 )
@@ -281,9 +306,9 @@ def _log_report_run(table: TrialTable, files: Sequence[Path], out: Path, options
     from mlflow.entities import Metric, Param
 
     client = mlflow_client(table.tracking_uri)
-    tags = {"samtune.kind": "report"}
+    tags = {schema.TAG_KIND: schema.KIND_REPORT}
     if table.search_run_id:
-        tags["samtune.search_run_id"] = table.search_run_id
+        tags[schema.TAG_REPORT_SEARCH] = table.search_run_id
     run_id = client.create_run(table.experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags=tags).info.run_id
     try:

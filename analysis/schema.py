@@ -1,22 +1,41 @@
 """Column names the analysis reads (DESIGN.md, "Names that cross boundaries").
 
+Every name that samtune writes comes from :mod:`samtune.schema` (torch-free, the one
+owner of those names); this module adds only what is the analysis's own: the
+bookkeeping columns of a trial table, the targets fitted and how parameters are
+classified.
+
 Trial tables keep MLflow's names verbatim: parameters (``rho``, ``lr_shape``…),
 final metrics (``final_test_error``…), measures (``sharpness_<name>``,
-``norm_<name>``), plus the bookkeeping columns below.
+``norm_<name>``), plus the bookkeeping columns below.  A measure measured under
+more than one definition is split into columns ``sharpness_<name>[<setting>=<value>,…]``
+(see :mod:`analysis.definitions`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
+
+from samtune import schema as _samtune
 
 MIN_TRIALS = 3
 
-TARGETS = ("final_test_error", "final_gen_gap", "final_test_loss")
-CONTROL = "final_train_loss"
-FINAL_PREFIX = "final_"
-MEASURE_PREFIXES = ("sharpness_", "norm_")
+FINAL_PREFIX = _samtune.FINAL_PREFIX
+TARGETS = tuple(FINAL_PREFIX + key for key in ("test_error", "gen_gap", "test_loss"))
+CONTROL = FINAL_PREFIX + "train_loss"
+assert set(TARGETS) | {CONTROL} <= set(_samtune.FINAL_METRICS)
+
+SHARPNESS_PREFIX = _samtune.SHARPNESS_PREFIX
+MEASURE_PREFIXES = _samtune.MEASURE_PREFIXES
 # error estimates logged beside a measure (e.g. sharpness_avg_l2_stderr): not measures
-ESTIMATE_SUFFIXES = ("_stderr", "_residual")
+ESTIMATE_SUFFIXES = _samtune.ESTIMATE_SUFFIXES
+# params ``sharpness.<name>.<setting>``: a measure's definition (its identity, not an axis)
+MEASURE_PARAM_PREFIX = _samtune.MEASURE_PARAM_PREFIX
+MEASURE_DATA_SETTINGS = _samtune.MEASURE_DATA_SETTINGS
+MEASURES = _samtune.MEASURES
+measure_param = _samtune.measure_param
 
 # bookkeeping columns of a trial table (not parameters, not metrics)
 RUN_ID, TRIAL_ID, RUN_NAME = "run_id", "trial_id", "run_name"
@@ -25,35 +44,87 @@ EXCLUDED = "excluded_reason"
 GROUP = "group"
 BOOKKEEPING = (RUN_ID, TRIAL_ID, RUN_NAME, STATUS, ERROR, PARENT, EXCLUDED, GROUP)
 
-# trial statuses written by samtune (tag samtune.status)
-COMPLETED = "completed"
+# trial statuses (tag samtune.status) and MLflow tags
+COMPLETED, DIVERGED, PRUNED, FAILED, RUNNING = (_samtune.COMPLETED, _samtune.DIVERGED, _samtune.PRUNED,
+                                                _samtune.FAILED, _samtune.RUNNING)
+TAG_KIND, KIND_SEARCH, KIND_TRIAL, KIND_REPORT = (_samtune.TAG_KIND, _samtune.KIND_SEARCH,
+                                                  _samtune.KIND_TRIAL, _samtune.KIND_REPORT)
+TAG_STATUS, TAG_ERROR, TAG_TRIAL_ID = _samtune.TAG_STATUS, _samtune.TAG_ERROR, _samtune.TAG_TRIAL_ID
+TAG_PARENT, TAG_SEARCH_KEYS = _samtune.TAG_PARENT, _samtune.TAG_SEARCH_KEYS
+# the report run's link to the search it covers (a report-run tag, written only here)
+TAG_REPORT_SEARCH = "samtune.search_run_id"
 
 # the replicate index: trials that differ only in it are repeats, not a searched axis
 SEED = "seed"
-# run settings that do not define the experiment, so they are neither axes nor
-# part of what "all other hyperparameters fixed" means
-RUN_SETTINGS = frozenset({"device", "num_threads", "eval_batch_size", "data_dir", "download",
-                          "train_eval_examples", "precision", "sharpness_examples",
-                          "sharpness_batch"})
+# run settings (where and how a trial runs): neither axes nor part of what "all other
+# hyperparameters fixed" means
+RUN_SETTINGS = frozenset(_samtune.RUN_SETTINGS)
+# trial keys that only say which measures are computed and on which examples: a
+# measure's own params ``sharpness.<name>.*`` carry that identity (and the report
+# splits a measure whose definitions differ), so these are neither axes nor grouping
+# keys.  (``sharpness_batch`` / ``sharpness_examples`` also stand in for the
+# ``.m`` / ``.n_examples`` params of trials that did not log them.)
+MEASURE_SELECTION = frozenset({"sharpness", "sharpness_examples", "sharpness_batch"})
+SHARPNESS_BATCH, SHARPNESS_EXAMPLES = "sharpness_batch", "sharpness_examples"
+# how the training error is estimated: it moves final_train_* and final_gen_gap but
+# not training itself, so it is held equal in comparisons but never an axis
+TRAIN_EVAL_EXAMPLES = "train_eval_examples"
 
 # per-epoch metrics drawn as training curves
 CURVE_METRICS = ("test_error", "batch_size", "lr")
+assert set(CURVE_METRICS) <= set(_samtune.EPOCH_METRICS)
 
 
-def measure_columns(frame: pd.DataFrame) -> list[str]:
-    """``sharpness_*`` then ``norm_*`` columns that hold at least one finite value."""
-    found = []
+def is_measure_param(param: str) -> bool:
+    """A ``sharpness.<name>.<setting>`` param: part of a measure's definition."""
+    return str(param).startswith(MEASURE_PARAM_PREFIX)
+
+
+def is_measure_column(column: str) -> bool:
+    """A measure's value column (``sharpness_*`` / ``norm_*``, split or not), not its
+    error estimate, nor a trial key that merely shares the prefix (``sharpness_batch``)."""
+    text = str(column)
+    return (text.startswith(MEASURE_PREFIXES) and not text.endswith(ESTIMATE_SUFFIXES)
+            and text not in MEASURE_SELECTION)
+
+
+def measure_columns(frame: pd.DataFrame, params: Iterable[str] = ()) -> list[str]:
+    """``sharpness_*`` then ``norm_*`` columns (not ``params``) that hold at least one
+    finite value."""
+    skip, found = set(params), []
     for prefix in MEASURE_PREFIXES:
-        cols = sorted(c for c in frame.columns
-                      if str(c).startswith(prefix) and not str(c).endswith(ESTIMATE_SUFFIXES))
+        cols = sorted((c for c in frame.columns
+                       if str(c).startswith(prefix) and is_measure_column(c) and c not in skip),
+                      key=measure_sort_key)
         found += [c for c in cols if pd.to_numeric(frame[c], errors="coerce").notna().any()]
     return found
+
+
+def measure_sort_key(column: str) -> tuple:
+    """Measures by name, the definitions of a split one by their settings' values
+    (numbers numerically: ``[m=64]`` before ``[m=128]``)."""
+    base, _, rest = str(column).partition("[")
+    values = []
+    for item in rest.rstrip("]").split(",") if rest else ():
+        value = item.partition("=")[2]
+        try:
+            values.append((0, float(value), ""))
+        except ValueError:
+            values.append((1, 0.0, value))
+    return base, tuple(values)
 
 
 def target_columns(frame: pd.DataFrame) -> list[str]:
     return [t for t in TARGETS if t in frame.columns and frame[t].notna().any()]
 
 
+def is_grouping_candidate(param: str) -> bool:
+    """Parameters that must be equal for two trials to "differ in one axis only":
+    hyperparameters, the seed included; not run settings, nor what only defines the
+    measures."""
+    return param not in RUN_SETTINGS and param not in MEASURE_SELECTION and not is_measure_param(param)
+
+
 def is_axis_candidate(param: str) -> bool:
     """Parameters that can be a searched hyperparameter axis."""
-    return param != SEED and param not in RUN_SETTINGS and not param.startswith("sharpness")
+    return is_grouping_candidate(param) and param not in (SEED, TRAIN_EVAL_EXAMPLES)

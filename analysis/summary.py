@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ class SummaryInputs:
     seeds: int                        # distinct seeds among usable trials
     fits: pd.DataFrame
     confidence_level: float
+    definitions_note: str = ""        # which measures were split by definition ("" when none)
 
 
 def _ci(row: pd.Series, low: str, high: str) -> str:
@@ -51,6 +52,8 @@ def data_paragraph(inputs: SummaryInputs) -> str:
     text += f" Hyperparameters that vary across the trials: {axes}."
     if inputs.seeds > 1:
         text += f" Each setting was run with up to {inputs.seeds} seeds."
+    if inputs.definitions_note:
+        text += f" {inputs.definitions_note}"
     return text
 
 
@@ -61,11 +64,13 @@ def headline_paragraph(fits: pd.DataFrame, target: str, level: float) -> str:
     rows = rows.assign(strength=rows["kendall_tau"].abs()).sort_values("strength", ascending=False)
     best = rows.iloc[0]
     direction = "higher" if best["kendall_tau"] > 0 else "lower"
-    text = (f"Against {target}, the measure whose ranking agrees best is {best['measure']}: "
-            f"Kendall τ = {best['kendall_tau']:.2f} ({level:.0%} {_ci(best, 'kendall_ci_low', 'kendall_ci_high')}, "
-            f"n = {int(best['n'])}); trials with a larger {best['measure']} tend to have a {direction} {target}.")
+    measure, ci = best["measure"], _ci(best, "kendall_ci_low", "kendall_ci_high")
+    text = (f"Against {target}, the measure whose ranking agrees best is {measure}: "
+            f"Kendall τ = {best['kendall_tau']:.2f} ({level:.0%} {ci}, n = {int(best['n'])}); "
+            f"trials with a larger {measure} tend to have a {direction} {target}.")
     if np.isfinite(best["ols_slope"]):
-        text += (f" A tenfold larger {best['measure']} goes with a change of {best['ols_slope'] * np.log(10):+.3g} "
+        change = best["ols_slope"] * np.log(10)
+        text += (f" A tenfold larger {measure} goes with a change of {change:+.3g} "
                  f"in {target} ({_ci_scaled(best)}; R² = {best['r2']:.2f}).")
     reliable = [r["measure"] for _, r in rows.iterrows() if _excludes_zero(r)]
     unclear = [m for m in rows["measure"] if m not in reliable]
@@ -96,7 +101,8 @@ def confounding_paragraph(fits: pd.DataFrame, target: str) -> str:
         return (f"The partial correlation controlling for {schema.CONTROL} is not available, so part of "
                 "any association may only reflect how well each trial fit its training set.")
     kept = [r for _, r in rows.iterrows() if r["partial_p"] < SIGNIFICANT]
-    explained = [r["measure"] for _, r in rows.iterrows() if _excludes_zero(r) and r["partial_p"] >= SIGNIFICANT]
+    explained = [r["measure"] for _, r in rows.iterrows()
+                 if _excludes_zero(r) and r["partial_p"] >= SIGNIFICANT]
     text = f"Holding {schema.CONTROL} fixed (partial Spearman correlation): "
     if kept:
         text += "an association remains (p < 0.05) for " + ", ".join(

@@ -8,8 +8,8 @@ learning-rate shapes by name (``+linear``…); combinations concatenate (``+B+C`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -96,7 +96,8 @@ def store(tmp_path_factory):
     bad = _fixed_params(rho=0.1, lr_shape="constant", seed=9)
     _log_trial(client, grid_id, parent, "div1", bad, status="diverged", curves=False)
     _log_trial(client, grid_id, parent, "div2", bad, status="diverged", curves=False)
-    _log_trial(client, grid_id, parent, "fail", bad, status="failed", error="RuntimeError: boom", curves=False)
+    _log_trial(client, grid_id, parent, "fail", bad, status="failed", error="RuntimeError: boom",
+               curves=False)
     _log_trial(client, grid_id, parent, "prune", bad, status="pruned", curves=False)
     _log_trial(client, grid_id, parent, "nomeasure", bad, status="completed",
                final={"final_test_error": 0.3, "final_train_loss": 0.1})

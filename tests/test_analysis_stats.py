@@ -8,8 +8,15 @@ import pytest
 from scipy import stats
 
 from analysis import schema
-from analysis.fits import (FitOptions, fit_all, fit_pair, hyperparameter_regression, ols_fit,
-                           partial_spearman, rank_correlations)
+from analysis.fits import (
+    FitOptions,
+    fit_all,
+    fit_pair,
+    hyperparameter_regression,
+    ols_fit,
+    partial_spearman,
+    rank_correlations,
+)
 from analysis.granulated import granulated_agreement, sign_error
 from analysis.load import coerce_param, exclusion_reasons, grouping_keys, searched_axes
 from analysis.tables import choose_grouping, group_table, schedule_label
