@@ -40,6 +40,9 @@ BUDGET_UNITS = ("steps", "samples", "gradient_evaluations")
 # the hyperparameter digest, nor what "all other hyperparameters equal" means in a
 # report.  ``samtune.config.RunSettings`` declares exactly these fields.
 RUN_SETTINGS = ("data_dir", "download", "device", "num_threads", "eval_batch_size")
+# Hyperparameters that fix how a trial is measured, not how it is trained: a report
+# never takes them for searched axes (the measures' own definitions cover them).
+MEASUREMENT_KEYS = ("sharpness", "sharpness_examples", "sharpness_batch", "train_eval_examples")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ TAG_HPARAMS_DIGEST = "samtune.hparams_digest"
 TAG_VERSION = "samtune.version"
 TAG_GIT_COMMIT = "samtune.git_commit"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_REPORTED_SEARCH = "samtune.search_run_id"  # on a report run: the search it reports
 
 ARTIFACT_SEARCH_SPEC = "search.yaml"
 ARTIFACT_CONFIG = "config.yaml"
