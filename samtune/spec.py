@@ -1,306 +1,648 @@
 """Search spec: one YAML file describes one search (DESIGN.md, "Search-space YAML").
 
-Validated completely before anything starts: every mistake is reported with
-the key, the value and what is allowed, as a :class:`ConfigError`.
+The spec is a tree of frozen pydantic models, so the models are the one place
+that says what a spec may contain.  :func:`parse_search_spec` validates a spec
+completely before anything starts and turns every mistake into a
+:class:`~samtune.config.ConfigError` that names the key, the value and what is
+allowed.  A searched or grid value that is invalid for its own key (``rho < 0``)
+is refused here; whether values of different keys fit together is checked when
+each trial starts.
+
+Nothing here imports torch or Ray: ``samtune search --dry-run`` runs without them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    RootModel,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from samtune.config import (TRIAL_KEYS, ConfigError, TrialConfig, load_yaml, make_trial_config,
-                            parse_assignment)
+from samtune import schema
+from samtune.config import (
+    TRIAL_KEYS,
+    ConfigError,
+    TrialConfig,
+    load_yaml,
+    make_trial_config,
+    parse_assignment,
+)
 
-SPEC_KEYS = ("name", "trial", "search", "grid", "objective", "samples", "concurrency",
-             "resources", "scheduler", "sharpness", "seed", "max_failures")
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "gen_gap", "lr",
-                 "batch_size", "rho", "steps", "samples_seen", "epoch_seconds", "samples_per_second")
-FINAL_METRICS = ("final_test_error", "final_train_error", "final_gen_gap", "final_test_loss",
-                 "final_train_loss")
-ASHA_KEYS = ("grace_period", "reduction_factor", "metric", "mode")
+SPACES_FOLDER = "search_spaces"  # inside the samtune package (package data)
 
 
-@dataclass(frozen=True)
-class Distribution:
-    """One searched key: ``{uniform|loguniform|int: [lo, hi]}`` or ``{choice: [...]}``,
-    optionally only ``when`` other searched keys take given values."""
+# -- value types ---------------------------------------------------------------------
+def _pair(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError("expected [lo, hi]: a list of two numbers")
+    return value
 
-    key: str
-    kind: str
-    values: tuple
-    when: dict[str, tuple] = field(default_factory=dict)
 
-    def suggest(self, trial):
+def _ordered(bounds: tuple) -> tuple:
+    if not bounds[0] < bounds[1]:
+        raise ValueError("lo must be < hi")
+    return bounds
+
+
+def _positive(bounds: tuple) -> tuple:
+    if bounds[0] <= 0:
+        raise ValueError("both bounds must be > 0 (the scale is logarithmic)")
+    return bounds
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError("bounds must be integers")
+    return int(value)
+
+
+def _categorical(value: Any) -> Any:
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError("a choice must be a number, a string, a boolean or null")
+    return value
+
+
+def _listed(value: Any) -> Any:
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def _trial_parameter(key: str) -> str:
+    if key not in TRIAL_KEYS:
+        raise ValueError(f"unknown trial parameter; allowed: {', '.join(TRIAL_KEYS)}")
+    return key
+
+
+def _experiment_name(name: str) -> str:
+    if not name.strip() or "/" in name:
+        raise ValueError("a non-empty experiment name without '/' is required")
+    return name
+
+
+def _epoch_metric(metric: str) -> str:
+    if metric not in schema.EPOCH_METRICS:
+        raise ValueError(f"ASHA compares trials every epoch, so use a per-epoch metric: "
+                         f"{', '.join(schema.EPOCH_METRICS)}")
+    return metric
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Number = Annotated[int | float, BeforeValidator(_number)]  # an int stays an int
+Range = Annotated[tuple[Number, Number], BeforeValidator(_pair), AfterValidator(_ordered)]
+IntBound = Annotated[int, BeforeValidator(_integral)]
+IntRange = Annotated[tuple[IntBound, IntBound], BeforeValidator(_pair), AfterValidator(_ordered)]
+Categorical = Annotated[Any, AfterValidator(_categorical)]
+WhenValues = Annotated[tuple[Categorical, ...], BeforeValidator(_listed), Field(min_length=1)]
+TrialKey = Annotated[str, AfterValidator(_trial_parameter)]
+Mode = Literal[schema.OBJECTIVE_MODES]
+MeasureKey = Literal[tuple(schema.MEASURES)]
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+AxisValues = TypeVar("AxisValues")
+
+
+class _Section(BaseModel):
+    """One mapping of the YAML file: frozen, and an unknown key is refused with the
+    list of known ones (the YAML spellings, i.e. the aliases)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    _not_in_yaml: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def yaml_keys(cls) -> tuple[str, ...]:
+        return tuple(field.alias or name for name, field in cls.model_fields.items()
+                     if name not in cls._not_in_yaml)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, Mapping):
+            return data  # pydantic says what was expected
+        allowed = cls.yaml_keys()
+        unknown = [key for key in data if key not in allowed]
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+        return cls._prepare(dict(data), info)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Fill in what the YAML leaves implicit (a hook for subclasses)."""
+        return data
+
+
+# -- distributions (search:) -----------------------------------------------------------
+class _Distribution(_Section):
+    """One searched key, optionally sampled only ``when`` other searched ``choice``
+    keys take given values.  ``key`` is the trial parameter it samples."""
+
+    kind: ClassVar[str]
+    values: tuple  # the bounds (lo, hi), or the choices; spelled `kind` in YAML
+    when: dict[str, WhenValues] = Field(default_factory=dict)
+    _key: str = PrivateAttr("")
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    def __repr_args__(self):
+        yield "key", self.key
+        yield self.kind, self.values
+        if self.when:
+            yield "when", self.when
+
+    def suggest(self, trial) -> Any:
         """Ask an Optuna trial for a value (define-by-run)."""
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.key, list(self.values))
-        lo, hi = self.values
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(lo), int(hi))
-        return trial.suggest_float(self.key, float(lo), float(hi), log=self.kind == "loguniform")
+        raise NotImplementedError
 
-    def active(self, chosen: dict[str, Any]) -> bool:
+    def active(self, chosen: Mapping[str, Any]) -> bool:
         return all(chosen.get(key) in allowed for key, allowed in self.when.items())
 
+    def resolved(self) -> dict[str, Any]:
+        when = {"when": {key: list(allowed) for key, allowed in self.when.items()}} if self.when else {}
+        return {self.kind: list(self.values), **when}
 
-@dataclass(frozen=True)
-class Objective:
-    metrics: tuple[str, ...]
-    modes: tuple[str, ...]
+
+class Uniform(_Distribution):
+    kind: ClassVar[str] = "uniform"
+    values: Range = Field(alias=kind)
+
+    def suggest(self, trial) -> float:
+        return trial.suggest_float(self.key, *self.values)
+
+
+class LogUniform(_Distribution):
+    kind: ClassVar[str] = "loguniform"
+    values: Annotated[Range, AfterValidator(_positive)] = Field(alias=kind)
+
+    def suggest(self, trial) -> float:
+        return trial.suggest_float(self.key, *self.values, log=True)
+
+
+class IntUniform(_Distribution):
+    kind: ClassVar[str] = "int"
+    values: IntRange = Field(alias=kind)
+
+    def suggest(self, trial) -> int:
+        return trial.suggest_int(self.key, *self.values)
+
+
+class Choice(_Distribution):
+    kind: ClassVar[str] = "choice"
+    values: tuple[Categorical, ...] = Field(alias=kind, min_length=1)
+
+    def suggest(self, trial) -> Any:
+        return trial.suggest_categorical(self.key, list(self.values))
+
+
+_DISTRIBUTION_CLASSES = (Uniform, LogUniform, IntUniform, Choice)
+DISTRIBUTIONS = tuple(cls.kind for cls in _DISTRIBUTION_CLASSES)
+
+
+def _tag(name: str) -> str:
+    """A union member's tag: pydantic puts it in error locations; :func:`_explain` drops it."""
+    return f"<{name}>"
+
+
+def _distribution_tag(value: Any) -> str | None:
+    if isinstance(value, _Distribution):
+        return _tag(value.kind)
+    kinds = [kind for kind in DISTRIBUTIONS if isinstance(value, Mapping) and kind in value]
+    return _tag(kinds[0]) if len(kinds) == 1 else None
+
+
+Distribution = Annotated[
+    Annotated[Uniform, Tag(_tag("uniform"))] | Annotated[LogUniform, Tag(_tag("loguniform"))]
+    | Annotated[IntUniform, Tag(_tag("int"))] | Annotated[Choice, Tag(_tag("choice"))],
+    Discriminator(_distribution_tag, custom_error_type="distribution",
+                  custom_error_message="expected exactly one of {uniform: [lo, hi]}, {loguniform: [lo, hi]}, "
+                                       "{int: [lo, hi]} or {choice: [values]}, plus an optional "
+                                       "when: {KEY: value or [values]}"),
+]
+
+
+# -- grid axes (grid:) --------------------------------------------------------------------
+class _Axis(RootModel[AxisValues]):
+    """One grid axis; ``name`` is its key in ``grid``."""
+
+    model_config = ConfigDict(frozen=True)
+    _name: str = PrivateAttr("")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __repr_args__(self):
+        yield "name", self.name
+        yield "root", self.root
+
+    @property
+    def choices(self) -> list:
+        """What ``tune.grid_search`` iterates over: the values, or the bundle names."""
+        return list(self.root)
+
+
+class ValueAxis(_Axis[Annotated[tuple[Any, ...], Field(min_length=1)]]):
+    """``KEY: [values]``: a trial parameter and the values the grid takes."""
+
+    @property
+    def bundles(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def resolved(self) -> list:
+        return list(self.root)
+
+    def check(self, trial: Mapping[str, Any], axes: tuple[str, ...]) -> None:
+        if self.name not in TRIAL_KEYS:
+            raise ValueError(f"grid.{self.name}: unknown trial parameter; allowed: {', '.join(TRIAL_KEYS)} "
+                             f"(or a mapping NAME: {{trial parameters}} for an axis of bundles)")
+        _refuse_fixed("grid", self.name, trial)
+        for value in self.root:
+            _refuse_invalid_value("grid", self.name, value, trial)
+
+
+class BundleAxis(_Axis[Annotated[dict[Annotated[str, BeforeValidator(str)], dict[str, Any]],
+                                Field(min_length=1)]]):
+    """``NAME: {bundle: {trial parameters}, ...}``: a named axis whose values each set
+    several trial parameters (``schedule: {constant: {...}, +B: {...}}``)."""
+
+    @property
+    def bundles(self) -> dict[str, dict[str, Any]]:
+        return self.root
+
+    def resolved(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(values) for name, values in self.root.items()}
+
+    def check(self, trial: Mapping[str, Any], axes: tuple[str, ...]) -> None:
+        if self.name in TRIAL_KEYS:
+            raise ValueError(f"grid.{self.name}: a trial parameter takes a list of values, not a mapping")
+        for name, values in self.root.items():
+            clash = sorted(set(values) & set(axes))
+            if clash:
+                raise ValueError(f"grid.{self.name}.{name} sets {', '.join(clash)}, which is also a grid "
+                                 f"axis: give each parameter in one place only")
+            make_trial_config({**trial, **values}, where=f"grid.{self.name}.{name}")
+
+
+def _axis_tag(value: Any) -> str | None:
+    if isinstance(value, (list, tuple, ValueAxis)):
+        return _tag("values")
+    if isinstance(value, (Mapping, BundleAxis)):
+        return _tag("bundles")
+    return None
+
+
+GridAxis = Annotated[
+    Annotated[ValueAxis, Tag(_tag("values"))] | Annotated[BundleAxis, Tag(_tag("bundles"))],
+    Discriminator(_axis_tag, custom_error_type="grid_axis",
+                  custom_error_message="expected a non-empty list of values (a trial parameter) or a "
+                                       "mapping NAME: {trial parameters} (an axis of bundles)"),
+]
+
+_UNION_TAGS = frozenset(_tag(name) for name in (*DISTRIBUTIONS, "values", "bundles"))
+
+
+# -- objective, resources, scheduler ----------------------------------------------------------
+class Objective(_Section):
+    """One metric and mode, or two of each for a Pareto search."""
+
+    metrics: tuple[Annotated[str, Field(strict=True, min_length=1)], ...] = Field(
+        ("final_test_error",), alias="metric", min_length=1, max_length=2)
+    modes: tuple[Mode, ...] = Field(("min",), alias="mode")
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        metric = data.get("metric", ["final_test_error"])
+        metrics = metric if isinstance(metric, (list, tuple)) else [metric]
+        mode = data.get("mode", "min")
+        modes = mode if isinstance(mode, (list, tuple)) else [mode] * len(metrics)
+        return {**data, "metric": metrics, "mode": modes}
+
+    @model_validator(mode="after")
+    def _one_mode_per_metric(self) -> Objective:
+        if len(self.modes) != len(self.metrics):
+            raise ValueError(f"one mode per metric: {len(self.metrics)} metric(s), {len(self.modes)} mode(s)")
+        return self
 
     @property
     def is_pareto(self) -> bool:
         return len(self.metrics) > 1
 
 
-@dataclass(frozen=True)
-class SearchSpec:
-    name: str
-    trial: dict[str, Any]
-    search: tuple[Distribution, ...]
-    grid: dict[str, tuple]
-    objective: Objective
-    samples: int
-    concurrency: int
-    resources: dict[str, float]
-    scheduler: dict[str, Any] | None
-    seed: int
-    max_failures: int
-    source: str  # the YAML text as given, for the record
+class Resources(_Section):
+    """Per trial; a fractional ``gpu`` packs several trials on one GPU."""
 
+    cpu: Annotated[Number, Field(gt=0)] = 1
+    gpu: Annotated[Number, Field(ge=0)] | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump(exclude_none=True)
+
+
+class Asha(_Section):
+    """ASHA early stopping, compared on a per-epoch metric."""
+
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[int, Field(strict=True, ge=2)] = 2
+    metric: Annotated[str, AfterValidator(_epoch_metric)] = "test_error"
+    mode: Mode = "min"
+
+
+class _Scheduler(_Section):
+    asha: Asha = Field(default_factory=Asha)
+
+    @field_validator("asha", mode="before")
+    @classmethod
+    def _defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+_SCHEDULER_ALLOWED = "allowed: none, or {asha: {grace_period, reduction_factor, metric, mode}}"
+_SEARCH_SECTION = TypeAdapter(dict[TrialKey, Distribution])
+_GRID_SECTION = TypeAdapter(dict[Annotated[str, BeforeValidator(str)], GridAxis])
+
+
+# -- the spec --------------------------------------------------------------------------------
+class SearchSpec(_Section):
+    """One search.  ``trial`` holds the fixed trial values; ``search`` the Optuna
+    distributions (a conditional key after the keys it depends on); ``grid`` the grid
+    axes; ``source`` the YAML text as given, for the record."""
+
+    _not_in_yaml: ClassVar[frozenset[str]] = frozenset({"source"})
+
+    name: Annotated[str, Field(strict=True), AfterValidator(_experiment_name)]
+    trial: dict[str, Any] = Field(default_factory=dict)
+    search: tuple[Distribution, ...] = ()
+    grid: tuple[GridAxis, ...] = ()
+    objective: Objective = Field(default_factory=Objective)
+    samples: PositiveInt = 16
+    concurrency: PositiveInt = 2
+    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
+    scheduler: Asha | None = None
+    sharpness: tuple[MeasureKey, ...] | None = None
+    seed: NonNegativeInt = 0
+    max_failures: NonNegativeInt = 2
+    source: str = ""
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Apply the top-level shortcuts: ``sharpness`` sets ``trial.sharpness``; ``seed``
+        also seeds the trials unless ``trial``, ``search`` or ``grid`` gives their seed;
+        ``samples`` defaults to 1 repeat of a grid, else 16 Optuna samples."""
+        trial = {} if data.get("trial") is None else data["trial"]
+        if isinstance(trial, Mapping):
+            trial = dict(trial)
+            if "sharpness" in data:
+                trial["sharpness"] = data["sharpness"]
+            searched = [key for section in ("search", "grid") if isinstance(data.get(section), Mapping)
+                        for key in data[section]]
+            if "seed" in data and "seed" not in trial and "seed" not in searched:
+                trial["seed"] = data["seed"]
+        data["trial"] = trial
+        if data.get("objective") is None:
+            data.pop("objective", None)
+        data.setdefault("samples", 1 if data.get("grid") else 16)
+        data["source"] = (info.context or {}).get("source", "")
+        return data
+
+    @field_validator("search", mode="plain")
+    @classmethod
+    def _distributions(cls, value: Any) -> tuple[_Distribution, ...]:
+        dists = _SEARCH_SECTION.validate_python({} if value is None else value)
+        for key, dist in dists.items():
+            dist._key = key
+        return _parents_first(dists)
+
+    @field_validator("grid", mode="plain")
+    @classmethod
+    def _axes(cls, value: Any) -> tuple[ValueAxis | BundleAxis, ...]:
+        axes = _GRID_SECTION.validate_python({} if value is None else value)
+        for name, axis in axes.items():
+            axis._name = name
+        return tuple(axes.values())
+
+    @field_validator("resources", mode="plain")
+    @classmethod
+    def _resources(cls, value: Any) -> dict[str, float]:
+        return Resources.model_validate({} if value is None else value).as_dict()
+
+    @field_validator("scheduler", mode="plain")
+    @classmethod
+    def _scheduler(cls, value: Any) -> Asha | None:
+        if value is None or value == "none":
+            return None
+        if not isinstance(value, Mapping):
+            raise ValueError(_SCHEDULER_ALLOWED)
+        return _Scheduler.model_validate(value).asha
+
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> SearchSpec:
+        if self.search and self.grid:
+            raise ValueError("search and grid are both given: use `search` (Optuna) or `grid` "
+                             "(every combination), not both")
+        base = make_trial_config(self.trial, where="trial")
+        for dist in self.search:
+            _refuse_fixed("search", dist.key, self.trial)
+            for value in dist.values:
+                _refuse_invalid_value("search", dist.key, value, self.trial)
+            _check_when(dist, self.search)
+        names = tuple(axis.name for axis in self.grid)
+        for axis in self.grid:
+            axis.check(self.trial, names)
+        allowed = reported_metrics(base)
+        for metric in self.objective.metrics:
+            if metric not in allowed:
+                raise ValueError(f"objective.metric = {metric!r} is never reported by a trial; "
+                                 f"allowed: {', '.join(allowed)}")
+        if self.scheduler and self.objective.is_pareto:
+            raise ValueError("scheduler = asha with a two-metric (Pareto) objective is not supported; "
+                             "use scheduler: none")
+        return self
+
+    # -- what the runner and the dry run read
     @property
     def searched_keys(self) -> tuple[str, ...]:
-        return tuple(d.key for d in self.search) + tuple(self.grid)
+        return tuple(d.key for d in self.search) + tuple(axis.name for axis in self.grid)
+
+    @property
+    def total_trials(self) -> int:
+        return grid_size(self) * self.samples if self.grid else self.samples
+
+    def grid_axes(self) -> dict[str, list]:
+        """Axis -> the values ``tune.grid_search`` iterates over (bundle names for an axis of bundles)."""
+        return {axis.name: axis.choices for axis in self.grid}
 
     def resolved(self) -> dict[str, Any]:
         """The spec as a plain mapping with every default filled in."""
+        scheduler = {"asha": self.scheduler.model_dump()} if self.scheduler else "none"
         return {
-            "name": self.name, "trial": self.trial,
-            "search": {d.key: ({d.kind: list(d.values)} | ({"when": {k: list(v) for k, v in d.when.items()}}
-                                                         if d.when else {})) for d in self.search},
-            "grid": {k: ({b.name: b.values for b in v} if isinstance(v[0], Bundle) else list(v))
-                     for k, v in self.grid.items()},
+            "name": self.name, "trial": dict(self.trial),
+            "search": {d.key: d.resolved() for d in self.search},
+            "grid": {axis.name: axis.resolved() for axis in self.grid},
             "objective": {"metric": list(self.objective.metrics), "mode": list(self.objective.modes)},
-            "samples": self.samples, "concurrency": self.concurrency, "resources": self.resources,
-            "scheduler": self.scheduler or "none", "seed": self.seed, "max_failures": self.max_failures,
+            "samples": self.samples, "concurrency": self.concurrency, "resources": dict(self.resources),
+            "scheduler": scheduler, "seed": self.seed, "max_failures": self.max_failures,
         }
 
 
-# -- loading ----------------------------------------------------------------------
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPEC_KEYS = SearchSpec.yaml_keys()
 
 
-def bundled_space_path(name: str) -> Path:
-    """``search_spaces/<name>.yaml`` of this checkout."""
-    return SPACES_DIR / f"{name}.yaml"
-
-
-def load_search_spec(space: str, assignments: list[str] = ()) -> SearchSpec:
-    path = Path(space)
-    if not path.is_file() and not space.endswith((".yaml", ".yml")):
-        path = bundled_space_path(space)
-    if not path.is_file():
-        raise ConfigError(f"search space {space!r} not found (looked at {path}); give a YAML file "
-                          f"or the name of a bundled space")
-    data = load_yaml(path)
-    for text in assignments:
-        key, value = parse_assignment(text)
-        if key.startswith("trial."):
-            data.setdefault("trial", {})[key.removeprefix("trial.")] = value
-        else:
-            data[key] = value
-    return parse_search_spec(data, source=path.read_text())
-
-
-def parse_search_spec(data: dict[str, Any], source: str = "") -> SearchSpec:
-    unknown = sorted(set(data) - set(SPEC_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                          f"allowed: {', '.join(SPEC_KEYS)}")
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise ConfigError(f"name = {name!r}: a non-empty experiment name without '/' is required")
-    if data.get("search") and data.get("grid"):
-        raise ConfigError("search and grid are both given: use `search` (Optuna) or `grid` "
-                          "(every combination), not both")
-    trial = _parse_trial(data)
-    base = make_trial_config(trial, where="trial")
-    search = _parse_search(data.get("search") or {}, trial)
-    grid = _parse_grid(data.get("grid") or {}, trial)
-    spec = SearchSpec(
-        name=name, trial=trial, search=search, grid=grid,
-        objective=_parse_objective(data.get("objective"), base),
-        samples=_positive_int(data, "samples", 1 if grid else 16),
-        concurrency=_positive_int(data, "concurrency", 2),
-        resources=_parse_resources(data.get("resources")),
-        scheduler=_parse_scheduler(data.get("scheduler", "none"), base),
-        seed=_nonnegative_int(data, "seed", 0),
-        max_failures=_nonnegative_int(data, "max_failures", 2),
-        source=source or yaml.safe_dump(data, sort_keys=False))
-    if spec.scheduler and spec.objective.is_pareto:
-        raise ConfigError("scheduler = asha with a two-metric (Pareto) objective is not supported; "
-                          "use scheduler: none")
-    return spec
-
-
-def _parse_trial(data: dict[str, Any]) -> dict[str, Any]:
-    trial = data.get("trial") or {}
-    if not isinstance(trial, dict):
-        raise ConfigError(f"trial = {trial!r}: expected a mapping of trial parameters")
-    trial = dict(trial)
-    if "sharpness" in data:
-        trial["sharpness"] = data["sharpness"]
-    if "seed" in data and "seed" not in trial:
-        trial["seed"] = data["seed"]
-    return trial
-
-
-def _check_searched_key(section: str, key: str, trial: dict[str, Any]) -> None:
-    if key not in TRIAL_KEYS:
-        raise ConfigError(f"{section}.{key}: unknown trial parameter; allowed: {', '.join(TRIAL_KEYS)}")
-    if key in trial:
-        raise ConfigError(f"{section}.{key} is also fixed in trial.{key}: give it in one place only")
-
-
-def _check_value(section: str, key: str, value: Any, trial: dict[str, Any]) -> None:
-    """Refuse a value that is invalid for its own key (e.g. rho < 0); combinations
-    with other searched keys are checked when each trial starts."""
-    try:
-        make_trial_config({**trial, key: value}, where=section)
-    except ConfigError as err:
-        if f"{section}.{key} " in str(err) or f"{key} = " in str(err):
-            raise
-
-
-def _parse_search(section: Any, trial: dict[str, Any]) -> tuple[Distribution, ...]:
-    if not isinstance(section, dict):
-        raise ConfigError(f"search = {section!r}: expected a mapping key: {{distribution: ...}}")
-    raw_when, out = {}, {}
-    for key, raw in section.items():
-        _check_searched_key("search", key, trial)
-        if isinstance(raw, dict) and "when" in raw:
-            raw = dict(raw)
-            raw_when[key] = raw.pop("when")
-        dist = _parse_distribution(key, raw)
-        for value in dist.values:
-            _check_value("search", key, value, trial)
-        out[key] = dist
-    for key, when in raw_when.items():
-        out[key] = replace(out[key], when=_parse_when(f"search.{key}", when, out, key))
-    return _parents_first(out)
-
-
-def _parents_first(dists: dict[str, Distribution]) -> tuple[Distribution, ...]:
-    """Order so that a conditional key is sampled after the keys it depends on."""
-    ordered: list[Distribution] = []
+def _parents_first(dists: dict[str, _Distribution]) -> tuple[_Distribution, ...]:
+    """Order so that a conditional key is sampled after the keys it depends on (keys
+    whose conditions form a cycle keep their order; :func:`_check_when` refuses them)."""
+    ordered: list[_Distribution] = []
     pending = dict(dists)
     while pending:
-        ready = [d for d in pending.values() if all(k not in pending for k in d.when)]
-        if not ready:
-            raise ConfigError(f"search: the `when` conditions of {sorted(pending)} form a cycle")
-        for dist in ready:
+        ready = [d for d in pending.values() if all(key not in pending for key in d.when)]
+        for dist in ready or list(pending.values()):
             ordered.append(pending.pop(dist.key))
     return tuple(ordered)
 
 
-def _parse_distribution(key: str, raw: Any) -> Distribution:
-    where = f"search.{key}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} = {raw!r}: expected {{uniform|loguniform|int: [lo, hi]}} "
-                          f"or {{choice: [...]}}")
-    kinds = [k for k in raw if k in DISTRIBUTIONS]
-    if len(raw) != 1 or not kinds:
-        raise ConfigError(f"{where} = {raw!r}: unknown distribution; allowed: {', '.join(DISTRIBUTIONS)} "
-                          f"(plus an optional `when`)")
-    kind, values = kinds[0], raw[kinds[0]]
-    if kind == "choice":
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}.choice = {values!r}: expected a non-empty list")
-        return Distribution(key, kind, tuple(values))
-    if (not isinstance(values, list) or len(values) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-        raise ConfigError(f"{where}.{kind} = {values!r}: expected [lo, hi] with two numbers")
-    lo, hi = values
-    if not lo < hi:
-        raise ConfigError(f"{where}.{kind} = {values!r}: lo must be < hi")
-    if kind == "loguniform" and lo <= 0:
-        raise ConfigError(f"{where}.loguniform = {values!r}: both bounds must be > 0")
-    if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
-        raise ConfigError(f"{where}.int = {values!r}: bounds must be integers")
-    return Distribution(key, kind, (lo, hi))
+def _refuse_fixed(section: str, key: str, trial: Mapping[str, Any]) -> None:
+    if key in trial:
+        raise ValueError(f"{section}.{key} is also fixed in trial.{key}: give it in one place only")
 
 
-def _parse_when(where: str, raw: Any, dists: dict[str, Distribution], own: str) -> dict[str, tuple]:
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}.when = {raw!r}: expected {{key: value or [values]}}")
-    out = {}
-    for key, allowed in raw.items():
-        parent = dists.get(key)
-        if parent is None or parent.kind != "choice" or key == own:
-            raise ConfigError(f"{where}.when.{key}: must name another `choice` key of search")
-        allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
-        bad = [v for v in allowed if v not in parent.values]
+def _refuse_invalid_value(section: str, key: str, value: Any, trial: Mapping[str, Any]) -> None:
+    """Refuse ``value`` if it is invalid for ``key`` itself (e.g. rho < 0): validate it over
+    the fixed trial values and keep the errors located at ``key``.  An error with no
+    location comes from a check across keys (lr_final <= lr, ...), which each trial
+    makes when it starts, once every key has its value."""
+    try:
+        TrialConfig.model_validate({**trial, key: value})
+    except ValidationError as err:
+        own = [problem for problem in err.errors() if problem["loc"][:1] == (key,)]
+        if own:
+            raise ValueError(_explain(own, prefix=section)) from None
+
+
+def _check_when(dist: _Distribution, search: tuple[_Distribution, ...]) -> None:
+    """``when`` names other ``choice`` keys of the search, sampled before ``dist``, and
+    values among their choices."""
+    choices = {d.key: d for d in search if isinstance(d, Choice) and d.key != dist.key}
+    earlier = set(itertools.takewhile(lambda key: key != dist.key, (d.key for d in search)))
+    for key, allowed in dist.when.items():
+        parent = choices.get(key)
+        if parent is None:
+            raise ValueError(f"search.{dist.key}.when.{key}: must name another `choice` key of search; "
+                             f"choice keys: {', '.join(choices) or 'none'}")
+        if key not in earlier:
+            raise ValueError(f"search.{dist.key}.when.{key}: the `when` conditions of {dist.key} and "
+                             f"{key} form a cycle")
+        bad = [value for value in allowed if value not in parent.values]
         if bad:
-            raise ConfigError(f"{where}.when.{key} = {bad!r}: not among search.{key}.choice "
-                              f"{list(parent.values)}")
-        out[key] = allowed
-    return out
+            raise ValueError(f"search.{dist.key}.when.{key} = {bad!r}: not among "
+                             f"search.{key}.choice {list(parent.values)}")
 
 
-def _parse_grid(section: Any, trial: dict[str, Any]) -> dict[str, tuple]:
-    """``key: [values]`` for a trial parameter, or a named axis whose values are
-    bundles of trial parameters (``schedule: {constant: {...}, +B: {...}}``)."""
-    if not isinstance(section, dict):
-        raise ConfigError(f"grid = {section!r}: expected a mapping key: [values]")
-    out = {}
-    for key, values in section.items():
-        if isinstance(values, dict):
-            out[key] = _parse_bundles(key, values, trial)
-            continue
-        _check_searched_key("grid", key, trial)
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid.{key} = {values!r}: expected a non-empty list of values")
-        for value in values:
-            _check_value("grid", key, value, trial)
-        out[key] = tuple(values)
-    return out
+def _explain(problems: list[dict[str, Any]], prefix: str = "") -> str:
+    """pydantic's errors as ``where = value: what is allowed``, joined by ``; ``."""
+    lines = []
+    for problem in problems:
+        loc = [str(part) for part in problem["loc"] if part not in _UNION_TAGS]
+        names_key = bool(loc) and loc[-1] == "[key]"  # the mapping key itself is wrong
+        path = ".".join(filter(None, [prefix, *loc[:-1 if names_key else None]]))
+        message = problem["msg"].removeprefix("Value error, ")
+        if not path:  # a check across keys: its message names them
+            lines.append(message)
+        elif problem["type"] == "missing":
+            lines.append(f"{path}: required")
+        elif names_key:
+            lines.append(f"{path}: {message}")
+        else:
+            lines.append(f"{path} = {problem.get('input')!r}: {message}")
+    return "; ".join(lines)
 
 
-def _parse_bundles(axis: str, bundles: dict[str, Any], trial: dict[str, Any]) -> tuple:
-    if axis in TRIAL_KEYS:
-        raise ConfigError(f"grid.{axis}: a trial parameter takes a list of values, not a mapping")
-    if not bundles:
-        raise ConfigError(f"grid.{axis} is empty: give name: {{trial parameters}} entries")
-    for name, bundle in bundles.items():
-        if not isinstance(bundle, dict):
-            raise ConfigError(f"grid.{axis}.{name} = {bundle!r}: expected a mapping of trial parameters")
-        make_trial_config({**trial, **bundle}, where=f"grid.{axis}.{name}")
-    return tuple(Bundle(axis, str(name), dict(bundle)) for name, bundle in bundles.items())
+# -- loading -------------------------------------------------------------------------------
+def bundled_spaces() -> dict[str, Traversable]:
+    """The search spaces shipped in the package, by name (file name without ``.yaml``)."""
+    folder = resources.files("samtune").joinpath(SPACES_FOLDER)
+    if not folder.is_dir():
+        return {}
+    return {Path(entry.name).stem: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """One named value of a grid axis that sets several trial parameters at once."""
-
-    axis: str
-    name: str
-    values: dict[str, Any]
-
-    def __repr__(self) -> str:
-        return self.name
+def bundled_space_names() -> tuple[str, ...]:
+    return tuple(sorted(bundled_spaces()))
 
 
-def bundle_table(spec: "SearchSpec") -> dict[str, dict[str, dict[str, Any]]]:
-    """axis -> name -> trial parameters, for the grid's bundle axes."""
-    return {axis: {b.name: b.values for b in values}
-            for axis, values in spec.grid.items() if values and isinstance(values[0], Bundle)}
+def _space_file(space: str) -> contextlib.AbstractContextManager[Path]:
+    """A YAML file given by path, or a bundled space given by name (``default``,
+    ``harada2024_cifar10_resnet18`` or ``harada2024_cifar10_resnet18.yaml``)."""
+    path = Path(space)
+    if path.is_file():
+        return contextlib.nullcontext(path)
+    bundled = bundled_spaces()
+    if path.name == space and path.stem in bundled and path.suffix in ("", ".yaml"):
+        return resources.as_file(bundled[path.stem])
+    raise ConfigError(f"search space {space!r} not found: no such file, and no bundled space of that name; "
+                      f"bundled: {', '.join(sorted(bundled))}")
+
+
+def load_search_spec(space: str, assignments: list[str] = ()) -> SearchSpec:
+    """The spec in ``space`` (a path or a bundled name) with ``--set`` overrides
+    (``KEY=VALUE`` for a top-level key, ``trial.KEY=VALUE`` for a trial parameter)."""
+    with _space_file(space) as path:
+        data, source = load_yaml(path), path.read_text()
+    for text in assignments:
+        key, value = parse_assignment(text)
+        if key.startswith("trial."):
+            trial = data.get("trial")
+            trial = trial if isinstance(trial, Mapping) else {}
+            data["trial"] = {**trial, key.removeprefix("trial."): value}
+        else:
+            data[key] = value
+    return parse_search_spec(data, source=source)
+
+
+def parse_search_spec(data: Mapping[str, Any], source: str = "") -> SearchSpec:
+    """Validate a spec given as a mapping; every mistake is a :class:`ConfigError`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a search spec is a mapping of {', '.join(SPEC_KEYS)}; got {type(data).__name__}")
+    if not source:
+        try:
+            source = yaml.safe_dump(dict(data), sort_keys=False)
+        except yaml.YAMLError:
+            source = repr(dict(data))
+    try:
+        return SearchSpec.model_validate(data, context={"source": source})
+    except ValidationError as err:
+        raise ConfigError(_explain(err.errors())) from None
+
+
+# -- bundles and metrics -------------------------------------------------------------------
+def bundle_table(spec: SearchSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """Axis -> bundle name -> trial parameters, for the grid's axes of bundles."""
+    return {axis.name: axis.bundles for axis in spec.grid if axis.bundles}
 
 
 def expand_bundles(values: dict[str, Any], bundles: dict[str, dict[str, dict[str, Any]]]
@@ -316,87 +658,8 @@ def expand_bundles(values: dict[str, Any], bundles: dict[str, dict[str, dict[str
 
 
 def reported_metrics(config: TrialConfig) -> tuple[str, ...]:
-    from samtune import sharpness
-
-    measured = () if config.sharpness == () else tuple(sharpness.metric_names(config.sharpness))
-    return EPOCH_METRICS + FINAL_METRICS + measured
-
-
-def _parse_objective(raw: Any, base: TrialConfig) -> Objective:
-    raw = raw or {"metric": "final_test_error", "mode": "min"}
-    if not isinstance(raw, dict) or set(raw) - {"metric", "mode"} or "metric" not in raw:
-        raise ConfigError(f"objective = {raw!r}: expected {{metric: NAME, mode: min|max}} "
-                          f"or lists of two for a Pareto search")
-    metrics = raw["metric"] if isinstance(raw["metric"], list) else [raw["metric"]]
-    modes = raw.get("mode", "min")
-    modes = modes if isinstance(modes, list) else [modes] * len(metrics)
-    if not 1 <= len(metrics) <= 2 or len(modes) != len(metrics):
-        raise ConfigError(f"objective = {raw!r}: one metric, or two metrics with two modes")
-    allowed = reported_metrics(base)
-    for metric in metrics:
-        if metric not in allowed:
-            raise ConfigError(f"objective.metric = {metric!r} is never reported by a trial; "
-                              f"allowed: {', '.join(allowed)}")
-    for mode in modes:
-        if mode not in ("min", "max"):
-            raise ConfigError(f"objective.mode = {mode!r}: allowed min, max")
-    return Objective(tuple(metrics), tuple(modes))
-
-
-def _parse_resources(raw: Any) -> dict[str, float]:
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict) or set(raw) - {"cpu", "gpu"}:
-        raise ConfigError(f"resources = {raw!r}: expected {{cpu: N, gpu: F}}")
-    cpu, gpu = raw.get("cpu", 1), raw.get("gpu")
-    if not isinstance(cpu, (int, float)) or cpu <= 0:
-        raise ConfigError(f"resources.cpu = {cpu!r}: must be a number > 0")
-    if gpu is not None and (not isinstance(gpu, (int, float)) or gpu < 0):
-        raise ConfigError(f"resources.gpu = {gpu!r}: must be a number >= 0 (fractions share a GPU)")
-    out = {"cpu": cpu}
-    if gpu is not None:
-        out["gpu"] = gpu
-    return out
-
-
-def _parse_scheduler(raw: Any, base: TrialConfig) -> dict[str, Any] | None:
-    if raw in (None, "none"):
-        return None
-    if not (isinstance(raw, dict) and set(raw) == {"asha"} and isinstance(raw["asha"] or {}, dict)):
-        raise ConfigError(f"scheduler = {raw!r}: allowed `none` or {{asha: {{grace_period, "
-                          f"reduction_factor, metric, mode}}}}")
-    asha = dict(raw["asha"] or {})
-    unknown = sorted(set(asha) - set(ASHA_KEYS))
-    if unknown:
-        raise ConfigError(f"scheduler.asha: unknown key(s) {unknown}; allowed: {', '.join(ASHA_KEYS)}")
-    asha.setdefault("grace_period", 1)
-    asha.setdefault("reduction_factor", 2)
-    asha.setdefault("metric", "test_error")
-    asha.setdefault("mode", "min")
-    if asha["metric"] not in EPOCH_METRICS:
-        raise ConfigError(f"scheduler.asha.metric = {asha['metric']!r}: ASHA compares trials every "
-                          f"epoch, so use a per-epoch metric: {', '.join(EPOCH_METRICS)}")
-    for key in ("grace_period", "reduction_factor"):
-        if not isinstance(asha[key], int) or asha[key] < 1:
-            raise ConfigError(f"scheduler.asha.{key} = {asha[key]!r}: must be an integer >= 1")
-    if asha["reduction_factor"] < 2:
-        raise ConfigError(f"scheduler.asha.reduction_factor = {asha['reduction_factor']}: must be >= 2")
-    if asha["mode"] not in ("min", "max"):
-        raise ConfigError(f"scheduler.asha.mode = {asha['mode']!r}: allowed min, max")
-    return {"asha": asha}
-
-
-def _positive_int(data: dict, key: str, default: int) -> int:
-    value = data.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key} = {value!r}: must be an integer >= 1")
-    return value
-
-
-def _nonnegative_int(data: dict, key: str, default: int) -> int:
-    value = data.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{key} = {value!r}: must be an integer >= 0")
-    return value
+    """Every metric a trial with ``config`` reports: an objective may name any of them."""
+    return schema.EPOCH_METRICS + schema.FINAL_METRICS + schema.measure_metric_names(config.sharpness)
 
 
 # -- sampling (dry run, and the Optuna define-by-run space) ------------------------
@@ -405,7 +668,7 @@ class DefineByRun:
     """The Optuna define-by-run space: it only suggests values.  A picklable
     object, not a closure, because Ray saves the searcher with the experiment."""
 
-    distributions: tuple[Distribution, ...]
+    distributions: tuple[_Distribution, ...]
 
     def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
@@ -421,10 +684,9 @@ def define_by_run(spec: SearchSpec) -> DefineByRun:
 def sample_configs(spec: SearchSpec, count: int = 5) -> list[dict[str, Any]]:
     """The first searched configs, as the search would draw them."""
     if spec.grid:
-        keys = list(spec.grid)
-        combos = itertools.islice(itertools.product(*spec.grid.values()), count)
-        return [{k: (v.name if isinstance(v, Bundle) else v) for k, v in zip(keys, combo)}
-                for combo in combos]
+        names = [axis.name for axis in spec.grid]
+        combos = itertools.islice(itertools.product(*(axis.choices for axis in spec.grid)), count)
+        return [dict(zip(names, combo, strict=True)) for combo in combos]
     if not spec.search:
         return [{}]
     import optuna
@@ -441,10 +703,11 @@ def sample_configs(spec: SearchSpec, count: int = 5) -> list[dict[str, Any]]:
 
 
 def grid_size(spec: SearchSpec) -> int:
-    return math.prod(len(v) for v in spec.grid.values()) if spec.grid else 0
+    return math.prod(len(axis.choices) for axis in spec.grid) if spec.grid else 0
 
 
 def describe(spec: SearchSpec, count: int = 5) -> str:
+    """The dry run: the resolved spec and the first sampled configs, each validated."""
     total = (f"{grid_size(spec)} grid points x {spec.samples}" if spec.grid
              else f"{spec.samples} Optuna TPE samples")
     lines = ["# resolved search space", yaml.safe_dump(spec.resolved(), sort_keys=False).rstrip(),

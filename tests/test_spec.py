@@ -1,16 +1,27 @@
 """Search-spec and trial-config validation: every mistake is refused before
 anything starts, with the key, the value and what is allowed."""
 
+import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from samtune import schema
 from samtune.config import ConfigError, load_trial_config, make_trial_config
-from samtune.spec import (SPACES_DIR, expand_bundles, bundle_table, load_search_spec,
-                          parse_search_spec, sample_configs)
+from samtune.spec import (
+    bundle_table,
+    bundled_space_names,
+    define_by_run,
+    describe,
+    expand_bundles,
+    load_search_spec,
+    parse_search_spec,
+    reported_metrics,
+    sample_configs,
+)
 
 VALID = {
     "name": "unit",
@@ -60,7 +71,7 @@ BAD_SPECS = [
     ({"objective": {"metric": "test_error", "mode": "lowest"}}, ["objective.mode", "lowest"]),
     ({"objective": {"metric": "sharpness_hessian_trace", "mode": "min"},
       "sharpness": ["harada"]}, ["sharpness_hessian_trace", "never reported"]),
-    ({"samples": 0}, ["samples", "0", ">= 1"]),
+    ({"samples": 0}, ["samples", "0", "greater than or equal to 1"]),
     ({"concurrency": "two"}, ["concurrency", "two"]),
     ({"resources": {"cpu": 1, "tpu": 1}}, ["resources"]),
     ({"resources": {"cpu": 1, "gpu": -0.5}}, ["resources.gpu", "-0.5"]),
@@ -70,6 +81,44 @@ BAD_SPECS = [
     ({"sharpness": ["harada", "bogus_measure"]}, ["sharpness", "bogus_measure"]),
     ({"objective": {"metric": ["final_test_error", "sharpness_harada"], "mode": ["min", "min"]},
       "scheduler": {"asha": {}}, "sharpness": ["harada"]}, ["Pareto"]),
+    # nested sections name their own keys
+    ({"scheduler": {"asha": {"patience": 3}}},
+     ["scheduler.asha", "patience", "grace_period", "reduction_factor"]),
+    ({"scheduler": {"hyperband": {}}}, ["scheduler", "hyperband", "asha"]),
+    ({"search": {"rho": {"uniform": [0.0, 0.1], "step": 0.01}}}, ["search.rho", "step", "uniform", "when"]),
+    ({"search": {"rho": {"uniform": [0.0, 0.1], "choice": [0.1]}}}, ["search.rho", "exactly one"]),
+    ({"search": {"rho": {"uniform": [0.0, 0.1, 0.2]}}}, ["search.rho.uniform", "[lo, hi]"]),
+    ({"search": {"rho": {"uniform": [True, 0.1]}}}, ["search.rho.uniform", "True", "number"]),
+    ({"search": {"sharpness": {"choice": [["harada"], "keskar"]}}},
+     ["search.sharpness.choice", "harada", "string"]),
+    ({"search": {"lr_shape": {"choice": ["constant", "cosine"], "when": {"optimizer": "sgd"}},
+                 "optimizer": {"choice": ["sgd", "sam"], "when": {"lr_shape": "cosine"}}}},
+     ["when", "cycle"]),
+    ({"objective": {"metric": ["final_test_error", "final_gen_gap"], "mode": ["min"]}},
+     ["objective", "one mode per metric"]),
+    ({"objective": {"metric": ["final_test_error", "final_gen_gap", "final_test_loss"]}},
+     ["objective.metric", "at most 2"]),
+    ({"name": None}, ["name", "required"]),
+    ({"name": "a/b"}, ["name", "a/b", "'/'"]),
+    ({"trial": "digits"}, ["trial", "digits", "dictionary"]),
+    ({"resources": {"cpu": 0}}, ["resources.cpu", "0", "greater than 0"]),
+    ({"seed": -1}, ["seed", "-1", "greater than or equal to 0"]),
+    ({"max_failures": 1.5}, ["max_failures", "1.5", "integer"]),
+    # grid axes: a trial parameter takes a list, a bundle axis a mapping of named bundles
+    ({"search": None, "grid": {"optimizer": ["sgd", "adam"]}}, ["grid.optimizer", "adam", "gsam"]),
+    ({"search": None, "grid": {"rho": [0.1, -0.1]}}, ["grid.rho", "-0.1", "greater than or equal to 0"]),
+    ({"search": None, "grid": {"optimizer": []}}, ["grid.optimizer", "at least 1"]),
+    ({"search": None, "grid": {"optimiser": ["sgd"]}}, ["grid.optimiser", "unknown trial parameter"]),
+    ({"search": None, "grid": {"optimizer": "sgd"}}, ["grid.optimizer", "'sgd'", "list of values"]),
+    ({"search": None, "trial": {"epochs": 4, "optimizer": "sgd"}, "grid": {"optimizer": ["sam"]}},
+     ["grid.optimizer", "trial.optimizer", "one place"]),
+    ({"search": None, "grid": {"rho": {"small": {"rho": 0.01}}}}, ["grid.rho", "list of values"]),
+    ({"search": None, "grid": {"schedule": {"fast": {"rho": -1}}}}, ["grid.schedule.fast.rho", "-1"]),
+    ({"search": None, "grid": {"schedule": {"fast": {"learning_rate": 1}}}},
+     ["grid.schedule.fast", "learning_rate", "allowed keys"]),
+    ({"search": None, "grid": {"schedule": {"fast": 3}}}, ["grid.schedule.fast", "3", "dictionary"]),
+    ({"search": None, "grid": {"optimizer": ["sgd"], "schedule": {"fast": {"optimizer": "sam"}}}},
+     ["grid.schedule.fast", "optimizer", "also a grid axis"]),
 ]
 
 
@@ -108,7 +157,7 @@ def test_sampling_is_seeded():
 
 
 def test_harada_grid_expands_the_paper_regimes():
-    spec = load_search_spec(str(SPACES_DIR / "harada2024_cifar100_resnet18.yaml"))
+    spec = load_search_spec("harada2024_cifar100_resnet18")
     combos = sample_configs(spec, 100)
     assert len(combos) == 9
     table = bundle_table(spec)
@@ -124,9 +173,9 @@ def test_harada_grid_expands_the_paper_regimes():
     assert plus_c.momentum == 0 and plus_c.weight_decay == 0 and plus_c.alpha == 0.02
 
 
-@pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_bundled_spaces_are_valid(path):
-    spec = load_search_spec(str(path))
+@pytest.mark.parametrize("name", bundled_space_names())
+def test_bundled_spaces_are_valid(name):
+    spec = load_search_spec(name)
     for sample in sample_configs(spec, 3):
         make_trial_config(expand_bundles({**spec.trial, **sample}, bundle_table(spec))[0])
 
@@ -175,3 +224,92 @@ def test_dry_run_prints_space_and_samples(tmp_path):
     samples = [line for line in done.stdout.splitlines() if line.startswith("- {")]
     assert len(samples) == 5 and all("rho" in s for s in samples)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_value_is_refused_for_its_own_key_not_for_combinations():
+    # rho_min <= rho and lr_final <= lr are checked when each trial starts, once every
+    # key has its value: a range that reaches past them is not a mistake by itself
+    spec = parse_search_spec(spec_with(trial={"epochs": 4, "rho": 0.05, "lr": 0.1},
+                                       search={"rho_min": {"uniform": [0.0, 0.2]},
+                                               "lr_final": {"loguniform": [0.001, 0.5]}}))
+    assert [d.key for d in spec.search] == ["rho_min", "lr_final"]
+    grid = parse_search_spec(spec_with(search=None, trial={"epochs": 4, "rho": 0.05},
+                                       grid={"rho_min": [0.0, 0.1]}))
+    assert grid.grid_axes() == {"rho_min": [0.0, 0.1]}
+    with pytest.raises(ConfigError, match=r"rho_min = -0\.1"):
+        parse_search_spec(spec_with(search={"rho_min": {"uniform": [-0.1, 0.2]}}))
+
+
+def test_top_level_seed_leaves_a_seed_axis_alone():
+    spec = parse_search_spec(spec_with(search=None, samples=None, seed=3, grid={"seed": [0, 1, 2]}))
+    assert "seed" not in spec.trial and spec.seed == 3
+    assert spec.grid_axes() == {"seed": [0, 1, 2]} and spec.total_trials == 3
+    fixed = parse_search_spec(spec_with(seed=3))
+    assert fixed.trial["seed"] == 3
+
+
+def test_spec_interface_as_the_runner_reads_it():
+    spec = load_search_spec("gsam_schedule_search", ["samples=3", "trial.epochs=50"])
+    assert spec.name == "gsam-schedules-cifar100-resnet18" and spec.trial["epochs"] == 50
+    assert spec.samples == 3 and spec.total_trials == 3 and spec.grid_axes() == {}
+    assert spec.resources == {"cpu": 2, "gpu": 0.25}
+    asha = spec.scheduler
+    assert (asha.grace_period, asha.reduction_factor, asha.metric, asha.mode) == (20, 3, "test_error", "min")
+    assert spec.search and spec.searched_keys[-1] == "lr_power"
+    assert spec.searched_keys.index("lr_shape") < spec.searched_keys.index("lr_power")
+    assert "gsam-schedules-cifar100-resnet18" in spec.source and spec.source.startswith("#")
+    assert not spec.objective.is_pareto
+    assert parse_search_spec(spec.resolved()).resolved() == spec.resolved()
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.samples = 5
+
+    grid = load_search_spec("harada2024_cifar10_resnet18")
+    assert not grid.search and grid.scheduler is None and "gpu" in grid.resources
+    assert grid.grid_axes() == {"optimizer": ["sgd", "sam", "gsam"], "schedule": ["constant", "+B", "+C"]}
+    assert grid.total_trials == 9 and grid.searched_keys == ("optimizer", "schedule")
+    assert set(bundle_table(grid)) == {"schedule"}
+    assert parse_search_spec(grid.resolved()).resolved() == grid.resolved()
+
+    pareto = parse_search_spec(spec_with(objective={"metric": ["final_test_error", "sharpness_harada"],
+                                                    "mode": "min"}, sharpness=["harada"]))
+    assert pareto.objective.is_pareto and pareto.objective.modes == ("min", "min")
+    assert pareto.trial["sharpness"] == ["harada"]
+
+
+def test_define_by_run_is_picklable_and_only_suggests():
+    spec = parse_search_spec(spec_with())
+    space = pickle.loads(pickle.dumps(define_by_run(spec)))
+    assert [d.key for d in space.distributions] == ["alpha", "lr_shape", "lr_power"]
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    trial = study.ask()
+    assert space(trial) is None and set(trial.params) <= {"alpha", "lr_shape", "lr_power"}
+
+
+def test_bundled_space_by_name_or_file(tmp_path, monkeypatch):
+    assert {"default", "harada2024_cifar10_resnet18"} <= set(bundled_space_names())
+    assert load_search_spec("default").name == load_search_spec("default.yaml").name == "samtune-default"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(spec_with(name="mine")))
+    assert load_search_spec(str(mine)).name == "mine"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default.yaml").write_text(yaml.safe_dump(spec_with(name="local")))
+    assert load_search_spec("default.yaml").name == "local"  # a file wins over a bundled name
+    with pytest.raises(ConfigError, match="'nope' not found.*bundled: .*default"):
+        load_search_spec("nope")
+    with pytest.raises(ConfigError, match="not found"):
+        load_search_spec("missing/default.yaml")
+
+
+def test_objective_metrics_come_from_the_schema():
+    metrics = reported_metrics(make_trial_config({}))
+    assert set(schema.EPOCH_METRICS) | set(schema.FINAL_METRICS) <= set(metrics)
+    assert set(schema.measure_metric_names(None)) <= set(metrics)
+    assert not any(m.startswith("sharpness_") for m in reported_metrics(make_trial_config({"sharpness": []})))
+
+
+def test_describe_validates_each_sample():
+    text = describe(parse_search_spec(spec_with()), count=3)
+    assert text.startswith("# resolved search space") and "4 Optuna TPE samples" in text
+    assert len([line for line in text.splitlines() if line.startswith("- {")]) == 3
