@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from samtune import schema
 from samtune.schedules import ScheduleParams, TrialSchedule
@@ -69,9 +69,14 @@ class HyperParams(ScheduleParams):
     sharpness_examples: int = Field(1024, ge=1)
     sharpness_batch: int = Field(128, ge=1)
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        _check_choice("dataset", value, schema.DATASETS, prefix=schema.IMAGEFOLDER_PREFIX)
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> "HyperParams":
-        _check_choice("dataset", self.dataset, schema.DATASETS, prefix=schema.IMAGEFOLDER_PREFIX)
         # The schedules validate their own cross-field constraints (lr_final <= lr,
         # rho_min <= rho, stages <= epochs, ...); build them once here so a bad
         # combination is refused before anything runs.
@@ -114,11 +119,12 @@ class RunSettings(BaseModel):
     num_threads: int = Field(0, ge=0)
     eval_batch_size: int = Field(512, ge=1)
 
-    @model_validator(mode="after")
-    def _check_device(self) -> "RunSettings":
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ValueError(f"device = {self.device!r}: allowed are auto, cpu, cuda, cuda:N")
-        return self
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not (value in ("auto", "cpu") or value.startswith("cuda")):
+            raise ValueError("allowed are auto, cpu, cuda, cuda:N")
+        return value
 
 
 def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:
@@ -167,7 +173,7 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...], prefix: str | 
     if value in allowed or (prefix and value.startswith(prefix)):
         return
     extra = f", or {prefix}<path>" if prefix else ""
-    raise ValueError(f"{key} = {value!r} is not known; allowed: {', '.join(allowed)}{extra}")
+    raise ValueError(f"not a known {key}; allowed: {', '.join(allowed)}{extra}")
 
 
 TRIAL_KEYS = tuple(TrialConfig.model_fields)

@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from samtune import schema
+from samtune.budgets import capacity, with_budget
 from samtune.config import (
     TRIAL_KEYS,
     ConfigError,
@@ -374,6 +375,14 @@ class Asha(_Section):
     mode: Mode = "min"
 
 
+class EqualBudget(_Section):
+    """``equal_budget: {unit: steps, like: {schedule: +B}}``: every grid cell trains for
+    the budget the cells matching ``like`` (grid axis -> value) spend in their epochs."""
+
+    unit: Literal[schema.BUDGET_UNITS] = "steps"
+    like: dict[str, Any] = Field(min_length=1)
+
+
 class _Scheduler(_Section):
     asha: Asha = Field(default_factory=Asha)
 
@@ -408,7 +417,9 @@ class SearchSpec(_Section):
     sharpness: tuple[MeasureKey, ...] | None = None
     seed: NonNegativeInt = 0
     max_failures: NonNegativeInt = 2
+    equal_budget: EqualBudget | None = None
     source: str = ""
+    _budget: int | None = PrivateAttr(None)
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -483,7 +494,20 @@ class SearchSpec(_Section):
         if self.scheduler and self.objective.is_pareto:
             raise ValueError("scheduler = asha with a two-metric (Pareto) objective is not supported; "
                              "use scheduler: none")
+        if self.equal_budget is not None:
+            self._budget = _equal_budget(self)
         return self
+
+    @property
+    def budget(self) -> tuple[int, str] | None:
+        """(budget, unit) every trial gets under ``equal_budget``; None without it."""
+        return None if self._budget is None else (self._budget, self.equal_budget.unit)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every grid point as trial values: fixed values, bundles expanded, and the
+        equal budget applied (what each trial of a grid runs with)."""
+        cells = _grid_values(self)
+        return [with_budget(values, *self.budget) for values in cells] if self.budget else cells
 
     # -- what the runner and the dry run read
     @property
@@ -508,7 +532,7 @@ class SearchSpec(_Section):
             "objective": {"metric": list(self.objective.metrics), "mode": list(self.objective.modes)},
             "samples": self.samples, "concurrency": self.concurrency, "resources": dict(self.resources),
             "scheduler": scheduler, "seed": self.seed, "max_failures": self.max_failures,
-        }
+        } | ({"equal_budget": self.equal_budget.model_dump()} if self.equal_budget else {})
 
 
 SPEC_KEYS = SearchSpec.yaml_keys()
@@ -524,6 +548,42 @@ def _parents_first(dists: dict[str, _Distribution]) -> tuple[_Distribution, ...]
         for dist in ready or list(pending.values()):
             ordered.append(pending.pop(dist.key))
     return tuple(ordered)
+
+
+def _equal_budget(spec: SearchSpec) -> int:
+    """The budget of the grid cells matching ``equal_budget.like``; refuses a spec
+    where they disagree or where some cell cannot be given it."""
+    where = "equal_budget"
+    if not spec.grid:
+        raise ValueError(f"{where}: needs a grid (its cells get the budget of the cells named in `like`)")
+    if "budget" in spec.trial:
+        raise ValueError(f"{where} and trial.budget are both given: give the budget in one place only")
+    axes = {axis.name: axis for axis in spec.grid}
+    for key, value in spec.equal_budget.like.items():
+        if key not in axes:
+            raise ValueError(f"{where}.like.{key}: not a grid axis; axes: {', '.join(axes)}")
+        if value not in axes[key].choices:
+            raise ValueError(f"{where}.like.{key} = {value!r}: not among grid.{key} {axes[key].choices}")
+    names, unit, like = list(axes), spec.equal_budget.unit, spec.equal_budget.like
+    budgets = set()
+    for combo in itertools.product(*(axis.choices for axis in spec.grid)):
+        cell = dict(zip(names, combo, strict=True))
+        if all(cell[key] == value for key, value in like.items()):
+            values, _ = expand_bundles({**spec.trial, **cell}, bundle_table(spec))
+            budgets.add(capacity(values, unit))
+    if len(budgets) > 1:
+        raise ValueError(f"{where}.like = {dict(like)}: the cells it matches spend different budgets "
+                         f"({', '.join(map(str, sorted(budgets)))} {unit}); name more axes in `like`")
+    budget = budgets.pop()
+    for values in _grid_values(spec):
+        make_trial_config(with_budget(values, budget, unit), where=f"{where} cell")
+    return budget
+
+
+def _grid_values(spec: SearchSpec) -> list[dict[str, Any]]:
+    names = [axis.name for axis in spec.grid]
+    return [expand_bundles({**spec.trial, **dict(zip(names, combo, strict=True))}, bundle_table(spec))[0]
+            for combo in itertools.product(*(axis.choices for axis in spec.grid))]
 
 
 def _refuse_fixed(section: str, key: str, trial: Mapping[str, Any]) -> None:
@@ -717,4 +777,8 @@ def describe(spec: SearchSpec, count: int = 5) -> str:
         values, _ = expand_bundles({**spec.trial, **sample}, bundles)
         make_trial_config(values, where=f"sample {i}")
         lines.append(f"- {sample}")
+    if spec.budget:
+        budget, unit = spec.budget
+        lines.append(f"# equal budget: every cell trains for {budget} {unit}; epochs per cell: "
+                     f"{[cell['epochs'] for cell in spec.cells()]}")
     return "\n".join(lines)

@@ -210,3 +210,21 @@ def test_search_against_mlflow_server_is_visible_through_rest(tmp_path, mlflow_s
         metrics = {m["key"] for m in run["data"]["metrics"]}
         assert {"final_test_error", "test_error", "sharpness_ascent"} <= metrics
         assert run["info"]["status"] == "FINISHED"
+
+
+def test_equal_budget_grid_trains_every_cell_for_the_same_steps(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = make_spec("equal-e2e", samples=1, trial=TINY_TRIAL | {"epochs": 2, "batch_size": 128},
+                     grid={"schedule": {"constant": {"batch_size": 128},
+                                        "+B": {"batch_size": 64, "batch_growth_ratio": 2.0,
+                                               "batch_stages": 2}}},
+                     equal_budget={"unit": "steps", "like": {"schedule": "+B"}})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
+    _, _, trials = children(uri, "equal-e2e")
+    budget = 797 // 64 + 797 // 128  # the +B cell's two epochs
+    assert sorted(t.data.params["schedule"] for t in trials) == ["+B", "constant"]
+    for run in trials:
+        assert run.data.metrics["final_steps"] == budget
+        assert run.data.params["budget"] == str(budget)
+    constant = next(t for t in trials if t.data.params["schedule"] == "constant")
+    assert constant.data.params["epochs"] == str(-(-budget // (797 // 128)))  # raised to hold it

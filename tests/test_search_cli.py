@@ -49,6 +49,9 @@ def trial_runs(uri, name):
 def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path):
     spec = write_spec(tmp_path, "resume-e2e", samples=4, epochs=3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # this test polls the store while the search writes it: create its schema first, as
+    # two processes migrating one fresh SQLite file at once break each other
+    MlflowClient(uri).search_experiments()
     process = samtune(["search", str(spec), "--tracking-uri", uri], cwd=tmp_path)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and process.poll() is None:

@@ -110,3 +110,60 @@ def test_impossible_budgets_and_criteria_on_unknown_quantities_are_refused(value
     with pytest.raises(ConfigError) as err:
         make_trial_config(values)
     assert fragment in str(err.value)
+
+
+# -- equal budgets across a grid ---------------------------------------------------------
+from samtune.spec import parse_search_spec  # noqa: E402
+
+PAPER_GRID = {"optimizer": ["sgd", "sam"],
+              "schedule": {"constant": {"batch_size": 128, "batch_growth_ratio": 1.0, "batch_stages": 1},
+                           "+B": {"batch_size": 16, "batch_growth_ratio": 2.0, "batch_stages": 5}}}
+
+
+def equal_budget_spec(**equal_budget):
+    return parse_search_spec({"name": "eq", "trial": {"epochs": 10, "lr": 0.05}, "grid": PAPER_GRID,
+                              "equal_budget": equal_budget})
+
+
+def test_equal_steps_give_every_cell_the_growing_batch_cells_updates():
+    spec = equal_budget_spec(unit="steps", like={"schedule": "+B"})
+    # +B: 2 epochs at each of 16, 32, 64, 128, 256 over 797 examples (drop-last batches)
+    plus_b = sum(2 * (N_TRAIN // batch) for batch in (16, 32, 64, 128, 256))
+    assert spec.budget == (plus_b, "steps")
+    for cell in spec.cells():
+        assert cell["budget"] == plus_b and cell["budget_unit"] == "steps"
+        per_epoch = N_TRAIN // cell["batch_size"]
+        if cell["batch_growth_ratio"] == 1.0:  # the fewest epochs of 6 steps that hold the budget
+            assert cell["epochs"] == math.ceil(plus_b / per_epoch)
+        else:
+            assert cell["epochs"] == 10
+
+
+def test_equal_gradient_evaluations_must_name_the_optimizer():
+    with pytest.raises(ConfigError, match="spend different budgets .* name more axes in `like`"):
+        equal_budget_spec(unit="gradient_evaluations", like={"schedule": "+B"})
+    spec = equal_budget_spec(unit="gradient_evaluations", like={"schedule": "+B", "optimizer": "sam"})
+    assert spec.budget[0] == 2 * sum(2 * (N_TRAIN // b) for b in (16, 32, 64, 128, 256))
+    sgd_cells = [cell for cell in spec.cells() if cell["optimizer"] == "sgd"]
+    assert all(cell["epochs"] > 10 for cell in sgd_cells)  # one evaluation a step: twice the steps
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"unit": "steps", "like": {"schedule": "+X"}}, "equal_budget.like.schedule = '+X': not among grid.schedule"),
+    ({"unit": "steps", "like": {"lr": 0.1}}, "equal_budget.like.lr: not a grid axis"),
+    ({"unit": "epochs", "like": {"schedule": "+B"}}, "equal_budget.unit = 'epochs'"),
+    ({"like": {}}, "equal_budget.like"),
+])
+def test_equal_budget_mistakes_are_refused(data, fragment):
+    with pytest.raises(ConfigError) as err:
+        equal_budget_spec(**data)
+    assert fragment in str(err.value)
+
+
+def test_equal_budget_needs_a_grid_and_one_place_for_the_budget():
+    with pytest.raises(ConfigError, match="equal_budget: needs a grid"):
+        parse_search_spec({"name": "eq", "search": {"rho": {"uniform": [0.01, 0.1]}},
+                           "equal_budget": {"like": {"schedule": "+B"}}})
+    with pytest.raises(ConfigError, match="equal_budget and trial.budget are both given"):
+        parse_search_spec({"name": "eq", "trial": {"budget": 10}, "grid": PAPER_GRID,
+                           "equal_budget": {"like": {"schedule": "+B"}}})

@@ -32,6 +32,8 @@ class TrialContext:
     end_of_trial_keys: tuple[str, ...] = ()
     # every metric the searcher or scheduler reads: NaN in a trial that cannot run
     required_keys: tuple[str, ...] = ()
+    # (budget, unit) of an equal-budget grid: every trial gets it (samtune.budgets)
+    equal_budget: tuple[int, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -48,7 +50,8 @@ def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, pa
     return TrialContext(
         tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
         run_settings=run_settings(spec.trial, resources), bundles=bundle_table(spec),
-        end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)))
+        end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)),
+        equal_budget=spec.budget)
 
 
 def run_settings(trial: Mapping[str, Any], resources: Mapping[str, float]) -> dict[str, Any]:

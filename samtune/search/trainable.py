@@ -19,6 +19,7 @@ import yaml
 from ray import tune
 
 from samtune import schema
+from samtune.budgets import with_budget
 from samtune.config import ConfigError, TrialConfig, make_trial_config
 from samtune.provenance import identity_tags
 from samtune.search.context import TrialContext
@@ -57,8 +58,10 @@ def samtune_trial(hparams: dict[str, Any], context: TrialContext) -> None:
     values, labels = expand_bundles({**hparams, **context.run_settings}, context.bundles)
     tracker = Tracker(context.tracking_uri)
     try:
+        if context.equal_budget is not None:
+            values = with_budget(values, *context.equal_budget)
         config = make_trial_config(values, where="trial")
-    except ConfigError as err:  # a sampled combination no trial can run: record, don't retry
+    except (ConfigError, ValueError) as err:  # a combination no trial can run: record, don't retry
         _record_invalid_trial(context, tracker, values, str(err))
         return
     resume = _load_checkpoint()
