@@ -106,7 +106,7 @@ def time_measures(model, batches, names, device) -> None:
     print("| --- | --- | --- | --- |")
     init = [p.detach().clone() * 0.9 for p in model.parameters()]
     for name in names:
-        result, seconds = timed(lambda: sharpness.measure_all(
+        result, seconds = timed(lambda name=name: sharpness.measure_all(
             model, F.cross_entropy, batches, names=[name], init_params=init), device)
         spec = sharpness.get_measure(name)
         settings = ", ".join(f"{k}={v}" for k, v in spec.settings.items())

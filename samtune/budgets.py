@@ -11,7 +11,8 @@ fewest epochs that can.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from samtune import schema
 from samtune.config import TrialConfig, make_trial_config

@@ -76,7 +76,7 @@ class HyperParams(ScheduleParams):
         return value
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> "HyperParams":
+    def _check_combinations(self) -> HyperParams:
         # The schedules validate their own cross-field constraints (lr_final <= lr,
         # rho_min <= rho, stages <= epochs, ...); build them once here so a bad
         # combination is refused before anything runs.

@@ -10,9 +10,9 @@ each registry against its catalogue.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 # -- catalogues of trial-parameter values -------------------------------------------
 OPTIMIZERS = ("sgd", "sam", "gsam", "asam", "usam")

@@ -14,8 +14,8 @@ import io
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

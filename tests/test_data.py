@@ -19,11 +19,11 @@ from samtune import schema
 from samtune.data import (
     DatasetNotFound,
     DeviceLoader,
+    TensorData,
     check_dataset_name,
     crop_flip,
     draw_epoch_plan,
     fixed_batches,
-    TensorData,
     load_dataset,
 )
 

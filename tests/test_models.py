@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from samtune.models import MODELS, create_model
+from samtune.models import create_model
 
 
 def n_params(model: nn.Module) -> int:

@@ -278,7 +278,7 @@ def test_step_closure_equals_two_step_api():
         loss = mlp_loss(models[1], x, y)
         loss().backward()
 
-        def closure():
+        def closure(loss=loss):
             value = loss()
             value.backward()
             return value

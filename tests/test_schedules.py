@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from samtune.config import make_trial_config
 from samtune.schedules import (
-    SCHEDULE_KEYS,
     LR_SHAPES,
+    SCHEDULE_KEYS,
     TrialSchedule,
     batch_size_schedule,
     lr_batch_factor,

@@ -8,8 +8,8 @@ from torch import nn
 
 from samtune import sharpness
 from samtune.sharpness._hvp import HessianProducts
-from samtune.sharpness._surface import loss_surface
 from samtune.sharpness._lanczos import lanczos
+from samtune.sharpness._surface import loss_surface
 from samtune.sharpness.hessian import control_variate_mean
 
 

@@ -10,9 +10,10 @@ and its parent run, so nothing of it has to survive in Ray's experiment state.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from samtune import schema
 from samtune.spec import SearchSpec, bundle_table
