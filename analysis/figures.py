@@ -104,9 +104,13 @@ def measure_ranking(fits: pd.DataFrame, *, target: str) -> Figure:
     ax_tau, ax_psi = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2))
     positions = np.arange(len(rows))
     tau = rows["kendall_tau"].to_numpy(float)
-    low = np.nan_to_num(tau - rows["kendall_ci_low"].to_numpy(float))
-    high = np.nan_to_num(rows["kendall_ci_high"].to_numpy(float) - tau)
-    ax_tau.errorbar(tau, positions, xerr=[low, high], fmt="o", color="tab:blue", capsize=3)
+    # drawn as segments, not error bars: a BCa interval need not contain the estimate
+    low, high = rows["kendall_ci_low"].to_numpy(float), rows["kendall_ci_high"].to_numpy(float)
+    shown = np.isfinite(low) & np.isfinite(high)
+    ax_tau.hlines(positions[shown], low[shown], high[shown], color="tab:blue", lw=1.2)
+    for edge in (low, high):
+        ax_tau.plot(edge[shown], positions[shown], "|", color="tab:blue", ms=8)
+    ax_tau.plot(tau, positions, "o", color="tab:blue")
     ax_tau.axvline(0.0, color="grey", lw=0.8)
     ax_tau.set_yticks(positions, rows["measure"])
     ax_tau.set_xlim(-1.05, 1.05)

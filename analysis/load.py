@@ -7,7 +7,9 @@ every value parses), every final metric (``final_*``) and every measure
 (``sharpness_*``, ``norm_*``). ``excluded_reason`` is ``""`` for usable trials.
 A measure computed under several definitions across the trials (its
 ``sharpness.<name>.*`` params differ) is split into one column per definition
-(:mod:`analysis.definitions`), so no column ever pools two quantities.
+(:mod:`analysis.definitions`), so no column ever pools two quantities.  Trials that
+did not fit their training set, or were trained under another training criterion
+than the one compared, are excluded too (:mod:`analysis.criterion`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ import numpy as np
 import pandas as pd
 
 from analysis import schema
+from analysis.criterion import (
+    DEFAULT_MAX_TRAIN_ERROR,
+    Criterion,
+    TrainingFit,
+    apply_training_fit,
+    check_max_train_error,
+)
 from analysis.definitions import MeasureDefinitions, split_measures
 from analysis.errors import UnknownExperiment
 
@@ -75,6 +84,8 @@ class TrialTable:
     declared_search_keys: tuple[str, ...]
     # every sharpness measure's definitions; a measure with several is split into columns
     measure_definitions: tuple[MeasureDefinitions, ...] = ()
+    # the training criterion compared at, and which trials fit their training set
+    training_fit: TrainingFit = TrainingFit(Criterion(), DEFAULT_MAX_TRAIN_ERROR)
 
     @property
     def split_measures(self) -> tuple[MeasureDefinitions, ...]:
@@ -90,8 +101,18 @@ class TrialTable:
         return self.trials.loc[self.trials[schema.EXCLUDED] != "", cols].reset_index(drop=True)
 
     def exclusion_counts(self) -> dict[str, int]:
-        """Excluded trials per status (``completed`` ones lacked metrics)."""
+        """Excluded trials per status (``completed`` ones lacked metrics, did not fit
+        their training set or were trained under another criterion)."""
         return self.excluded[schema.STATUS].value_counts().sort_index().to_dict()
+
+    def exclusion_kinds(self) -> dict[str, int]:
+        """Excluded trials per kind: the status of those that did not complete, then
+        ``no_metrics``, ``not_fit`` and ``other_criterion`` (schema.EXCLUSION_KINDS)."""
+        kinds = self.trials.loc[self.trials[schema.EXCLUDED] != "", schema.EXCLUDED_KIND]
+        counts = kinds.value_counts().to_dict()
+        order = sorted(k for k in counts if k not in schema.EXCLUSION_KINDS) + [
+            k for k in schema.EXCLUSION_KINDS if k in counts]
+        return {k: int(counts[k]) for k in order}
 
 
 def mlflow_client(tracking_uri: str | None) -> MlflowClient:
@@ -103,9 +124,15 @@ def mlflow_client(tracking_uri: str | None) -> MlflowClient:
     return MlflowClient(tracking_uri)
 
 
-def load_trials(experiment: str, *, tracking_uri: str | None = None,
-                search_run_id: str | None = None) -> TrialTable:
-    """Trials of ``experiment`` (only the children of ``search_run_id`` if given)."""
+def load_trials(experiment: str, *, tracking_uri: str | None = None, search_run_id: str | None = None,
+                max_train_error: float | None = DEFAULT_MAX_TRAIN_ERROR) -> TrialTable:
+    """Trials of ``experiment`` (only the children of ``search_run_id`` if given).
+
+    ``max_train_error`` is the highest ``final_train_error`` of a trial trained without
+    a criterion that still counts as having fit its training set (None: no threshold);
+    see :mod:`analysis.criterion`.
+    """
+    max_train_error = check_max_train_error(max_train_error)
     client = mlflow_client(tracking_uri)
     found = find_experiment(client, experiment)
     if search_run_id is not None:
@@ -113,10 +140,13 @@ def load_trials(experiment: str, *, tracking_uri: str | None = None,
     runs = search_trial_runs(client, found.experiment_id, search_run_id)
     trials, params = runs_to_frame(runs)
     trials, definitions = split_measures(trials, params)
-    trials[schema.EXCLUDED] = exclusion_reasons(trials, params)
+    reasons = exclusion_reasons(trials, params)
+    kinds = exclusion_kinds(trials, reasons)
+    reasons, kinds, training_fit = apply_training_fit(trials, reasons, kinds, max_train_error)
+    trials[schema.EXCLUDED], trials[schema.EXCLUDED_KIND] = reasons, kinds
     declared = declared_search_keys(client, trials[schema.PARENT].dropna().unique())
     return TrialTable(found.experiment_id, experiment, client.tracking_uri, search_run_id,
-                      trials, tuple(params), declared, definitions)
+                      trials, tuple(params), declared, definitions, training_fit)
 
 
 def find_experiment(client: MlflowClient, name: str):
@@ -189,7 +219,8 @@ def runs_to_frame(runs: Iterable[Run]) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _is_final_metric(key: str) -> bool:
-    return key.startswith(schema.FINAL_PREFIX) or key.startswith(schema.MEASURE_PREFIXES)
+    return (key.startswith(schema.FINAL_PREFIX) or key.startswith(schema.MEASURE_PREFIXES)
+            or key in schema.CRITERION_METRICS)
 
 
 def coerce_param(values: pd.Series) -> pd.Series:
@@ -227,6 +258,15 @@ def exclusion_reasons(trials: pd.DataFrame, params: Iterable[str] = ()) -> pd.Se
     if trials.empty:
         return pd.Series([], dtype=object)
     return trials.apply(reason, axis=1).astype(object)
+
+
+def exclusion_kinds(trials: pd.DataFrame, reasons: pd.Series) -> pd.Series:
+    """The kind of each exclusion in ``reasons``: the status of a trial that did not
+    complete, ``no_metrics`` for a completed one ("" when not excluded)."""
+    if trials.empty:
+        return pd.Series([], dtype=object)
+    kinds = trials[schema.STATUS].where(trials[schema.STATUS] != schema.COMPLETED, schema.NO_METRICS)
+    return kinds.where(reasons != "", "").astype(object)
 
 
 def declared_search_keys(client: MlflowClient, parent_ids: Iterable[str]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import definitions, figures, schema
+from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, TrainingFit, exclusion_phrases
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
 from analysis.granulated import agreement_table
@@ -37,19 +38,30 @@ class ReportResult:
     n_excluded: int
     excluded: dict[str, int]          # excluded trials per status
     report_run_id: str | None         # None when log_to_mlflow=False
+    excluded_kinds: dict[str, int]    # excluded trials per kind (status, not_fit, other_criterion…)
+    training_fit: TrainingFit         # the criterion compared at and who fit the training set
 
 
 def build_report(experiment: str, *, tracking_uri: str | None = None, search_run_id: str | None = None,
                  out_dir: str | Path, log_to_mlflow: bool = True, n_resamples: int = 999,
-                 confidence_level: float = 0.95, seed: int = 0) -> ReportResult:
+                 confidence_level: float = 0.95, seed: int = 0,
+                 max_train_error: float | None = DEFAULT_MAX_TRAIN_ERROR) -> ReportResult:
     """Write the sharpness–generalization report of ``experiment`` into ``out_dir``.
+
+    Only trials that fit their training set are analysed (DESIGN.md, "Evidence
+    protocol"; :mod:`analysis.criterion`): with a training criterion, those that reached
+    it, and only those trained under the most common criterion setting; without one,
+    those whose ``final_train_error`` is at most ``max_train_error`` (default 0.5, the
+    majority rule; None applies no threshold).  Every other trial is named in the report
+    with the reason.
 
     Raises ``UnknownExperiment`` (unknown experiment or search run) or ``NotEnoughTrials``
     (fewer than 3 usable trials; the message lists why the others were excluded), both
-    ``ValueError``.
+    ``ValueError`` (``AnalysisError``), as is a ``max_train_error`` outside [0, 1].
     """
     options = FitOptions(n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
-    table = load_trials(experiment, tracking_uri=tracking_uri, search_run_id=search_run_id)
+    table = load_trials(experiment, tracking_uri=tracking_uri, search_run_id=search_run_id,
+                        max_train_error=max_train_error)
     usable = _check_usable(table)
     # a usable trial has a finite target and measure, so neither list is empty
     measures, targets = schema.measure_columns(usable, table.params), schema.target_columns(usable)
@@ -63,17 +75,18 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     (out / "figures").mkdir(parents=True, exist_ok=True)
     history = load_histories(table.tracking_uri, usable[schema.RUN_ID].tolist())
     figure_refs = _write_figures(out, usable, history, results, measures, targets, options)
-    groups = group_table(usable, grouping, values=[targets[0], *measures])
+    compute = [c for c in schema.COMPUTE if c in usable and usable[c].notna().any()]
+    groups = group_table(usable, grouping, values=[targets[0], *compute, *measures])
     csvs = _write_tables(out, table, usable, results, groups, history)
 
-    inputs = SummaryInputs(experiment, search_run_id, len(usable), table.exclusion_counts(), axes,
+    inputs = SummaryInputs(experiment, search_run_id, len(usable), table.exclusion_kinds(), axes,
                            int(usable[schema.SEED].nunique()) if schema.SEED in usable else 1,
                            results.fits, confidence_level,
-                           definitions.summary_sentence(table.measure_definitions))
+                           definitions.summary_sentence(table.measure_definitions), table.training_fit)
     paragraphs = summarize(inputs, targets)
     document = Document(f"Sharpness and generalization: {experiment}", tuple(paragraphs),
                         _sections(table, axes, results, groups, grouping, targets, measures, figure_refs,
-                                  options))
+                                  options, compute))
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(render_html(document, out), encoding="utf-8")
     md_path.write_text(render_markdown(document), encoding="utf-8")
@@ -83,7 +96,7 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     run_id = _log_report_run(table, files, out, options, len(usable)) if log_to_mlflow else None
     return ReportResult(out, html_path, md_path, csvs["trials"], csvs["fits"], figure_paths, files,
                         "\n\n".join(paragraphs), len(usable), len(table.excluded),
-                        table.exclusion_counts(), run_id)
+                        table.exclusion_counts(), run_id, table.exclusion_kinds(), table.training_fit)
 
 
 def _check_usable(table: TrialTable) -> pd.DataFrame:
@@ -93,12 +106,17 @@ def _check_usable(table: TrialTable) -> pd.DataFrame:
     where = f"experiment {table.experiment_name!r}"
     if table.search_run_id:
         where += f", search run {table.search_run_id!r}"
-    counts = ", ".join(f"{n} {s}" for s, n in table.exclusion_counts().items()) or "none"
+    counts = ", ".join(exclusion_phrases(table.exclusion_kinds(), table.training_fit)) or "none"
     reasons = "; ".join(dict.fromkeys(table.excluded[schema.EXCLUDED]).keys())
+    hint = ""
+    if table.exclusion_kinds().get(schema.NOT_FIT) and table.training_fit.threshold_applied:
+        hint = (f". Trials that did not fit their training set ({schema.TRAIN_ERROR} above max_train_error "
+                f"= {table.training_fit.max_train_error:g}) are never compared; train longer, or raise "
+                "max_train_error to compare trials that fit it less well")
     raise NotEnoughTrials(
         f"{where}: {len(usable)} usable trials, at least {schema.MIN_TRIALS} are needed to fit "
         f"anything ({len(table.trials)} trials found; excluded: {counts}"
-        + (f"; reasons: {reasons[:500]}" if reasons else "") + ")")
+        + (f"; reasons: {reasons[:500]}" if reasons else "") + ")" + hint)
 
 
 # ---------------------------------------------------------------- files
@@ -154,7 +172,8 @@ def _write_tables(out: Path, table: TrialTable, usable: pd.DataFrame, results: F
 
 def _trial_columns(trials: pd.DataFrame, params: Sequence[str]) -> list[str]:
     book = [c for c in (schema.RUN_ID, schema.TRIAL_ID, schema.RUN_NAME, schema.STATUS, schema.EXCLUDED,
-                        schema.GROUP, "schedule", schema.ERROR, schema.PARENT) if c in trials]
+                        schema.EXCLUDED_KIND, schema.GROUP, "schedule", schema.ERROR, schema.PARENT)
+            if c in trials]
     metrics = sorted(c for c in trials.columns if c not in book and c not in params)
     finals = [c for c in metrics if c.startswith(schema.FINAL_PREFIX)]
     return book + list(params) + finals + [c for c in metrics if c not in finals]
@@ -193,9 +212,19 @@ def fit_notes(fits: pd.DataFrame, target: str) -> tuple[str, ...]:
     return tuple(f"{m}: {note}" for m, note in zip(rows["measure"], rows["notes"]))
 
 
-def groups_display(groups: pd.DataFrame, grouping: Grouping, values: Sequence[str]) -> pd.DataFrame:
+def groups_display(groups: pd.DataFrame, grouping: Grouping, values: Sequence[str],
+                   compute: Sequence[str] = ()) -> pd.DataFrame:
+    """The group table as shown: ``n``, the compute each cell got (``compute``, rounded
+    to whole numbers), then ``values`` as mean ± std."""
     columns = list(grouping.columns) or [schema.GROUP]
     shown = groups[columns + ["n"]].copy()
+    for value in compute:
+        if value not in schema.COMPUTE_SHOWN:
+            continue
+        mean, std = groups[f"{value}_mean"], groups[f"{value}_std"]
+        shown[schema.COMPUTE_SHOWN[value]] = [
+            "—" if not np.isfinite(m) else f"{m:.0f} ± {s:.0f}" if np.isfinite(s) and s > 0 else f"{m:.0f}"
+            for m, s in zip(mean, std)]
     for value in values:
         mean, std = groups[f"{value}_mean"], groups[f"{value}_std"]
         shown[value] = [f"{m:.4g} ± {s:.2g}" if np.isfinite(s) else f"{m:.4g}" for m, s in zip(mean, std)]
@@ -204,7 +233,8 @@ def groups_display(groups: pd.DataFrame, grouping: Grouping, values: Sequence[st
 
 def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, groups: pd.DataFrame,
               grouping: Grouping, targets: Sequence[str], measures: Sequence[str],
-              refs: dict[str, list[FigureRef]], options: FitOptions) -> tuple[Section, ...]:
+              refs: dict[str, list[FigureRef]], options: FitOptions,
+              compute: Sequence[str] = ()) -> tuple[Section, ...]:
     level = f"{options.confidence_level:.0%}"
     # a measure split by definition changes what every table below means: say so first
     sections = [_definitions_section(table)] if table.split_measures else []
@@ -217,10 +247,16 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
     sections.append(Section("Scatter plots", (f"Black line: OLS of the target on ln(measure); band: {level} "
                                               "CI of the fitted mean (HC3).",),
                             figures=tuple(refs["scatter"])))
-    sections.append(Section("Groups", ("Mean ± sample standard deviation per cell; schedule: constant, +B "
-                                       "(batch_growth_ratio > 1), +C (cosine learning rate), other "
-                                       "learning-rate shapes by name.",),
-                            table=groups_display(groups, grouping, [targets[0], *measures])))
+    group_text = ("Mean ± sample standard deviation per cell; schedule: constant, +B "
+                  "(batch_growth_ratio > 1), +C (cosine learning rate), other learning-rate shapes by name.",)
+    if any(c in schema.COMPUTE_SHOWN for c in compute):
+        group_text += ("steps and gradient evaluations: the optimizer updates and gradient evaluations "
+                       "(two per step for the SAM family, one for a base-optimizer step) each cell's trials "
+                       "got, from final_steps and final_gradient_evaluations."
+                       + (" Budgets differ across the trials, so the budget is a cell column."
+                          if set(grouping.columns) & {schema.BUDGET, schema.BUDGET_UNIT} else ""),)
+    sections.append(Section("Groups", group_text,
+                            table=groups_display(groups, grouping, [targets[0], *measures], compute)))
     if refs["curves"]:
         sections.append(Section("Training curves", figures=tuple(refs["curves"])))
     sections.append(_axes_section(axes, results, targets[0]))
@@ -265,11 +301,15 @@ def _definitions_section(table: TrialTable) -> Section:
 def _trials_section(table: TrialTable) -> Section:
     counts = table.trials[schema.STATUS].value_counts().sort_index()
     text = [f"{len(table.trials)} trials found: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."]
+    if table.training_fit.sentence():
+        text.append(table.training_fit.sentence())
     excluded = table.excluded
     if excluded.empty:
         text.append("No trial was excluded.")
         return Section("Trials", tuple(text))
-    text.append(f"{len(excluded)} trials were excluded from every fit:")
+    phrases = exclusion_phrases(table.exclusion_kinds(), table.training_fit)
+    text.append(f"{len(excluded)} trials were excluded from every fit, table, figure and correlation "
+                f"({', '.join(phrases)}):")
     return Section("Trials", tuple(text), table=excluded.drop(columns=schema.RUN_ID))
 
 
@@ -296,6 +336,13 @@ _METHODS = (
     "named <measure>[<differing settings>], each over the trials measured with it only.",
     "Excluded from every fit: trials that diverged, failed, were pruned or are still running, and completed "
     "trials without a finite target or measure.",
+    "Trials are compared only once each has fit its training set (Jiang et al., ICLR 2020: train to "
+    "cross-entropy 0.01). A training criterion (trial keys stop_train_loss / stop_train_error) is part of "
+    "what a trial is: the trials trained under the most common criterion setting are compared and the others "
+    "excluded; with a criterion, a trial whose criterion_reached is 0 is excluded; without one, a trial "
+    "whose final_train_error is above max_train_error (default 0.5: a network that misclassifies most of its "
+    "training examples has not fit them, while chance, 1 − 1/K, is at least 0.5 for K ≥ 2 classes) is "
+    "excluded.",
 )
 
 
@@ -308,15 +355,19 @@ def _log_report_run(table: TrialTable, files: Sequence[Path], out: Path, options
     client = mlflow_client(table.tracking_uri)
     tags = {schema.TAG_KIND: schema.KIND_REPORT}
     if table.search_run_id:
-        tags[schema.TAG_REPORT_SEARCH] = table.search_run_id
+        tags[schema.TAG_REPORTED_SEARCH] = table.search_run_id
     run_id = client.create_run(table.experiment_id, run_name=f"report-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags=tags).info.run_id
     try:
         stamp = int(time.time() * 1000)
         params = {"experiment": table.experiment_name, "search_run_id": table.search_run_id or "",
                   "n_resamples": options.n_resamples, "confidence_level": options.confidence_level,
-                  "seed": options.seed}
-        metrics = {"n_trials_usable": n_usable, "n_trials_excluded": len(table.excluded)}
+                  "seed": options.seed, "training_criterion": table.training_fit.criterion.label,
+                  "max_train_error": table.training_fit.max_train_error}
+        kinds = table.exclusion_kinds()
+        metrics = {"n_trials_usable": n_usable, "n_trials_excluded": len(table.excluded),
+                   "n_trials_not_fit": kinds.get(schema.NOT_FIT, 0),
+                   "n_trials_other_criterion": kinds.get(schema.OTHER_CRITERION, 0)}
         client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
                          params=[Param(k, str(v)) for k, v in params.items()])
         for path in files:

@@ -41,8 +41,15 @@ measure_param = _samtune.measure_param
 RUN_ID, TRIAL_ID, RUN_NAME = "run_id", "trial_id", "run_name"
 STATUS, ERROR, PARENT = "status", "error", "parent_run_id"
 EXCLUDED = "excluded_reason"
+# why, as a kind: a trial status (diverged, failed…) or one of EXCLUSION_KINDS
+EXCLUDED_KIND = "excluded_kind"
 GROUP = "group"
-BOOKKEEPING = (RUN_ID, TRIAL_ID, RUN_NAME, STATUS, ERROR, PARENT, EXCLUDED, GROUP)
+BOOKKEEPING = (RUN_ID, TRIAL_ID, RUN_NAME, STATUS, ERROR, PARENT, EXCLUDED, EXCLUDED_KIND, GROUP)
+# completed trials left out: no finite target or measure; did not fit the training set
+# (the criterion not reached, or final_train_error above max_train_error); trained under
+# another criterion than the one compared
+NO_METRICS, NOT_FIT, OTHER_CRITERION = "no_metrics", "not_fit", "other_criterion"
+EXCLUSION_KINDS = (NO_METRICS, NOT_FIT, OTHER_CRITERION)
 
 # trial statuses (tag samtune.status) and MLflow tags
 COMPLETED, DIVERGED, PRUNED, FAILED, RUNNING = (_samtune.COMPLETED, _samtune.DIVERGED, _samtune.PRUNED,
@@ -52,23 +59,42 @@ TAG_KIND, KIND_SEARCH, KIND_TRIAL, KIND_REPORT = (_samtune.TAG_KIND, _samtune.KI
 TAG_STATUS, TAG_ERROR, TAG_TRIAL_ID = _samtune.TAG_STATUS, _samtune.TAG_ERROR, _samtune.TAG_TRIAL_ID
 TAG_PARENT, TAG_SEARCH_KEYS = _samtune.TAG_PARENT, _samtune.TAG_SEARCH_KEYS
 # the report run's link to the search it covers (a report-run tag, written only here)
-TAG_REPORT_SEARCH = "samtune.search_run_id"
+TAG_REPORTED_SEARCH = _samtune.TAG_REPORTED_SEARCH
 
 # the replicate index: trials that differ only in it are repeats, not a searched axis
 SEED = "seed"
 # run settings (where and how a trial runs): neither axes nor part of what "all other
 # hyperparameters fixed" means
 RUN_SETTINGS = frozenset(_samtune.RUN_SETTINGS)
-# trial keys that only say which measures are computed and on which examples: a
-# measure's own params ``sharpness.<name>.*`` carry that identity (and the report
-# splits a measure whose definitions differ), so these are neither axes nor grouping
-# keys.  (``sharpness_batch`` / ``sharpness_examples`` also stand in for the
-# ``.m`` / ``.n_examples`` params of trials that did not log them.)
-MEASURE_SELECTION = frozenset({"sharpness", "sharpness_examples", "sharpness_batch"})
-SHARPNESS_BATCH, SHARPNESS_EXAMPLES = "sharpness_batch", "sharpness_examples"
+# hyperparameters that fix how a trial is measured, not how it is trained: never axes
+MEASUREMENT_KEYS = frozenset(_samtune.MEASUREMENT_KEYS)
 # how the training error is estimated: it moves final_train_* and final_gen_gap but
-# not training itself, so it is held equal in comparisons but never an axis
+# not training itself, so it is held equal in comparisons (a grouping key) but never an axis
 TRAIN_EVAL_EXAMPLES = "train_eval_examples"
+# the other measurement keys only say which measures are computed and on which
+# examples: a measure's own params ``sharpness.<name>.*`` carry that identity (and the
+# report splits a measure whose definitions differ), so these are neither axes nor
+# grouping keys.  (``sharpness_batch`` / ``sharpness_examples`` also stand in for the
+# ``.m`` / ``.n_examples`` params of trials that did not log them.)
+MEASURE_SELECTION = MEASUREMENT_KEYS - {TRAIN_EVAL_EXAMPLES}
+SHARPNESS_BATCH, SHARPNESS_EXAMPLES = "sharpness_batch", "sharpness_examples"
+assert {TRAIN_EVAL_EXAMPLES, SHARPNESS_BATCH, SHARPNESS_EXAMPLES} <= MEASUREMENT_KEYS
+
+# the training criterion (trial keys ``stop_<quantity>``, DESIGN.md "Evidence
+# protocol"): its bounds, and the metrics that say whether a trial reached it
+CRITERION_QUANTITIES = _samtune.CRITERION_QUANTITIES
+CRITERION_PARAMS = {quantity: f"stop_{quantity}" for quantity in CRITERION_QUANTITIES}
+CRITERION_REACHED = _samtune.CRITERION_REACHED
+CRITERION_METRICS = _samtune.CRITERION_METRICS
+TRAIN_ERROR = FINAL_PREFIX + "train_error"   # judged against max_train_error without a criterion
+assert TRAIN_ERROR in _samtune.FINAL_METRICS
+# the budget a trial spent (trial keys budget / budget_unit) and the compute it got
+BUDGET, BUDGET_UNIT, EPOCHS = "budget", "budget_unit", "epochs"
+COMPUTE = tuple(FINAL_PREFIX + key for key in ("steps", "samples_seen", "gradient_evaluations"))
+# how the group table names the compute columns it shows
+COMPUTE_SHOWN = {FINAL_PREFIX + "steps": "steps",
+                 FINAL_PREFIX + "gradient_evaluations": "gradient evaluations"}
+assert set(COMPUTE) <= set(_samtune.FINAL_METRICS) and set(COMPUTE_SHOWN) <= set(COMPUTE)
 
 # per-epoch metrics drawn as training curves
 CURVE_METRICS = ("test_error", "batch_size", "lr")
@@ -127,4 +153,4 @@ def is_grouping_candidate(param: str) -> bool:
 
 def is_axis_candidate(param: str) -> bool:
     """Parameters that can be a searched hyperparameter axis."""
-    return is_grouping_candidate(param) and param not in (SEED, TRAIN_EVAL_EXAMPLES)
+    return is_grouping_candidate(param) and param != SEED and param not in MEASUREMENT_KEYS

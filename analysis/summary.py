@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import schema
+from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, Criterion, TrainingFit, exclusion_phrases
 
 # partial correlations with a p-value below this are called an association that remains
 SIGNIFICANT = 0.05
@@ -19,12 +20,13 @@ class SummaryInputs:
     experiment: str
     search_run_id: str | None
     n_usable: int
-    excluded: dict[str, int]          # excluded trials per status
+    excluded: dict[str, int]          # excluded trials per kind (TrialTable.exclusion_kinds)
     axes: Sequence[str]
     seeds: int                        # distinct seeds among usable trials
     fits: pd.DataFrame
     confidence_level: float
     definitions_note: str = ""        # which measures were split by definition ("" when none)
+    training_fit: TrainingFit = TrainingFit(Criterion(), DEFAULT_MAX_TRAIN_ERROR)
 
 
 def _ci(row: pd.Series, low: str, high: str) -> str:
@@ -44,12 +46,18 @@ def data_paragraph(inputs: SummaryInputs) -> str:
     text = f"This report covers {inputs.n_usable} usable trials of {source}."
     dropped = sum(inputs.excluded.values())
     if dropped:
-        parts = ", ".join(f"{n} {status}" for status, n in inputs.excluded.items())
-        text += f" {dropped} trials were left out of every fit ({parts})"
-        text += ("; the completed ones among them lack a finite target or measure."
-                 if schema.COMPLETED in inputs.excluded else ".")
+        parts = ", ".join(exclusion_phrases(inputs.excluded, inputs.training_fit))
+        text += f" {dropped} trials were left out of every fit ({parts})."
+    comparison = inputs.training_fit.sentence()
+    if comparison:
+        text += f" {comparison}"
     axes = ", ".join(inputs.axes) if inputs.axes else "none"
     text += f" Hyperparameters that vary across the trials: {axes}."
+    budgets = [a for a in inputs.axes if a in (schema.BUDGET, schema.BUDGET_UNIT)]
+    if budgets:
+        text += (f" Budgets differ ({' and '.join(budgets)} {'vary' if len(budgets) > 1 else 'varies'}, "
+                 "treated as a searched hyperparameter); the Groups table shows the steps and gradient "
+                 "evaluations each cell got.")
     if inputs.seeds > 1:
         text += f" Each setting was run with up to {inputs.seeds} seeds."
     if inputs.definitions_note:

@@ -4,6 +4,9 @@ of each measure per optimizer × schedule cell.
 Schedule names follow the paper: ``constant``; ``+B`` for an increasing batch
 (``batch_growth_ratio`` > 1); ``+C`` for a cosine learning rate; other
 learning-rate shapes by name (``+linear``…); combinations concatenate (``+B+C``).
+When the trials' budgets differ (``budget`` / ``budget_unit``), the budget is a cell
+column too, so no cell pools trials of different budgets; every cell also shows the
+compute its trials got (optimizer steps and gradient evaluations, mean ± std).
 """
 
 from __future__ import annotations
@@ -51,10 +54,18 @@ def with_schedule(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _labels(frame: pd.DataFrame, columns: Sequence[str], *, named: bool) -> pd.Series:
+    """``sam +B`` (the paper's columns unnamed), ``rho=0.1 budget=1000`` (others named)."""
     def label(row: pd.Series) -> str:
-        parts = [f"{c}={_fmt(row[c])}" if named else _fmt(row[c]) for c in columns]
+        parts = [_fmt(row[c]) if not named and c in ("optimizer", SCHEDULE) else f"{c}={_fmt(row[c])}"
+                 for c in columns]
         return " ".join(parts)
     return frame.apply(label, axis=1).astype(object)
+
+
+def budget_columns(trials: pd.DataFrame) -> tuple[str, ...]:
+    """``budget`` / ``budget_unit`` where they vary across ``trials`` (missing counts)."""
+    return tuple(c for c in (schema.BUDGET, schema.BUDGET_UNIT)
+                 if c in trials and trials[c].astype(str).nunique(dropna=False) > 1)
 
 
 def _fmt(value) -> str:
@@ -62,10 +73,11 @@ def _fmt(value) -> str:
 
 
 def choose_grouping(trials: pd.DataFrame, axes: Sequence[str], *, max_cells: int = MAX_CELLS) -> Grouping:
-    """optimizer × schedule when that gives ≥ 2 cells; otherwise the searched axes when
-    they give replicated cells (≤ ``max_cells``); otherwise one group of all trials."""
+    """optimizer × schedule (× budget where budgets differ) when that gives ≥ 2 cells;
+    otherwise the searched axes when they give replicated cells (≤ ``max_cells``);
+    otherwise one group of all trials."""
     frame = with_schedule(trials)
-    paper = tuple(c for c in ("optimizer", SCHEDULE) if c in frame)
+    paper = tuple(c for c in ("optimizer", SCHEDULE) if c in frame) + budget_columns(frame)
     if paper and frame[list(paper)].astype(str).drop_duplicates().shape[0] >= 2:
         return Grouping(paper, _labels(frame, paper, named=False))
     if axes:
