@@ -13,25 +13,13 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from samtune.search import configure_ray_environment, run_search
+from samtune.search import run_search
 from samtune.spec import parse_search_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 TINY_TRIAL = {"epochs": 2, "batch_size": 64, "batch_growth_ratio": 1.0, "batch_stages": 1,
               "train_eval_examples": 256, "sharpness": ["ascent", "norm_param_l2"]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    configure_ray_environment(local=True)
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 2**20)
-    assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
-    yield
-    ray.shutdown()
 
 
 def make_spec(name, **extra):
