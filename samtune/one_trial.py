@@ -71,6 +71,7 @@ def run_cli_trial(config: TrialConfig, *, experiment: str, tracking_uri: str | N
                  ProgressSink(config.epochs))
     started = time.perf_counter()
     try:
+        tracker.log_trial_dataset(run_id, config)  # loads the set train() then reuses
         result = train(config, sink)
     except KeyboardInterrupt:
         tracker.end_trial_run(run_id, schema.FAILED, "interrupted by the user")

@@ -2,7 +2,8 @@
 
 experiment = search name; one parent run per search (``samtune.kind=search``);
 one child run per trial (``samtune.kind=trial``, ``mlflow.parentRunId``,
-``samtune.trial_id``, ``samtune.status``).  A :class:`Tracker` holds one
+``samtune.trial_id``, ``samtune.status``), with the data set it trained on as
+MLflow dataset inputs (:func:`dataset_records`).  A :class:`Tracker` holds one
 ``MlflowClient`` for one store and writes by explicit run id, never through
 MLflow's process-global "active run", because Ray reuses worker processes across
 trials.
@@ -10,16 +11,20 @@ trials.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
 import time
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from samtune import schema  # noqa: E402
@@ -72,6 +77,92 @@ def history_to_csv(history: list[dict[str, float]]) -> str:
     buffer = io.StringIO()
     pd.DataFrame(history).to_csv(buffer, index=False)
     return buffer.getvalue()
+
+
+# -- data sets as MLflow dataset inputs ------------------------------------------------
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's key (mlflow.utils.mlflow_tags.MLFLOW_DATASET_CONTEXT)
+TRAINING, EVALUATION = "training", "evaluation"  # the context of the train and of the test split
+DIGEST_CHARS = 16
+_MAX_DATASET_NAME = 500  # MLflow's limit
+_HASH_CHUNK_BYTES = 64 * 2**20
+# where load_dataset reads each named set, under its data root (samtune.data)
+_DATASET_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python",
+                    "tiny-imagenet": "tiny-imagenet-200"}
+DIGITS_SOURCE = {"loader": "sklearn.datasets.load_digits",
+                 "split": "sklearn.model_selection.train_test_split(test_size=1000, random_state=0, "
+                          "stratify=target)"}
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One split of a data set as an MLflow dataset input.  ``source`` is JSON as
+    MLflow's own dataset sources write it: ``{"uri": <absolute path>}`` for a set read
+    from disk (source type ``local``, which the UI shows as "Path: ..."), and
+    ``{"tags": DIGITS_SOURCE}`` for digits (type ``code``: scikit-learn's bundled copy)."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    context: str  # TRAINING or EVALUATION
+    profile: str  # JSON: num_rows, num_classes, shape (C, H, W) and dtype of one example
+
+    def to_input(self) -> DatasetInput:
+        dataset = Dataset(self.name, self.digest, self.source_type, self.source, profile=self.profile)
+        return DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, self.context)])
+
+
+def tensor_digest(x, y) -> str:
+    """The content digest of one split: sha256 over the bytes of ``x`` as C-contiguous
+    float32 (the normalized NCHW images the trial trains on) followed by the bytes of
+    ``y`` as int64, in native byte order (little-endian on x86 and ARM); the first
+    ``DIGEST_CHARS`` hex digits.  Read in chunks, so a set on a GPU is copied to the
+    host a piece at a time."""
+    digest = hashlib.sha256()
+    for tensor, dtype in ((x, "float"), (y, "long")):
+        row_bytes = max(1, tensor[:1].numel() * tensor.element_size())
+        step = max(1, _HASH_CHUNK_BYTES // row_bytes)
+        for start in range(0, len(tensor), step):
+            chunk = getattr(tensor[start:start + step].detach(), dtype)()
+            digest.update(chunk.contiguous().cpu().numpy())
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def dataset_source(name: str, root: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """(source type, source JSON) of the data set ``name`` as ``load_dataset(name, root=root)`` reads it."""
+    from samtune.data import IMAGEFOLDER_PREFIX, data_root
+
+    if name == "digits":
+        return "code", json.dumps({"tags": DIGITS_SOURCE})
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        folder = Path(name.removeprefix(IMAGEFOLDER_PREFIX)).expanduser()
+    else:
+        folder = data_root(root) / _DATASET_FOLDERS.get(name, name)
+    return "local", json.dumps({"uri": str(folder.resolve())})
+
+
+_RECORDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # TensorData -> its records
+
+
+def dataset_records(data, root: str | os.PathLike[str] | None = None) -> tuple[DatasetRecord, DatasetRecord]:
+    """The training and the evaluation input of a loaded :class:`~samtune.data.TensorData`.
+    Its digests are computed once per loaded object (a Ray worker keeps its data set
+    across trials, ``samtune.train.cached_dataset``)."""
+    key = str(root) if root is not None else None
+    cached = _RECORDS.get(data)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    name = data.name if len(data.name) <= _MAX_DATASET_NAME else "..." + data.name[-_MAX_DATASET_NAME + 3:]
+    source_type, source = dataset_source(data.name, root)
+
+    def record(x, y, context: str) -> DatasetRecord:
+        profile = {"num_rows": len(y), "num_classes": data.num_classes, "shape": list(x.shape[1:]),
+                   "dtype": "float32"}
+        return DatasetRecord(name, tensor_digest(x, y), source_type, source, context, json.dumps(profile))
+
+    records = (record(data.train_x, data.train_y, TRAINING), record(data.test_x, data.test_y, EVALUATION))
+    _RECORDS[data] = (key, records)
+    return records
 
 
 class Tracker:
@@ -201,6 +292,26 @@ class Tracker:
             tags.append(RunTag(schema.TAG_ERROR, error[:_ERROR_CHARS]))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, schema.RUN_END_STATE[status])
+
+    # -- data sets -----------------------------------------------------------------
+    def log_dataset(self, run_id: str, data, *, root: str | os.PathLike[str] | None = None) -> None:
+        """Record a loaded data set (:class:`~samtune.data.TensorData`) as the run's
+        dataset inputs: its train split (context ``training``) and its test split
+        (``evaluation``), each with name, source and content digest."""
+        self.client.log_inputs(run_id, datasets=[r.to_input() for r in dataset_records(data, root)])
+
+    def log_trial_dataset(self, run_id: str, config) -> None:
+        """Record the data set a trial with ``config`` trains on.  It is loaded through
+        ``samtune.train.cached_dataset`` with the arguments ``train()`` uses, so the
+        trial then reuses it instead of loading it again."""
+        from samtune.train import cached_dataset, resolve_device
+
+        device = str(resolve_device(config.device))
+        data = cached_dataset(config.dataset, config.data_dir, device, config.download)
+        self.log_dataset(run_id, data, root=config.data_dir)
+
+    def has_dataset(self, run_id: str) -> bool:
+        return bool(self.client.get_run(run_id).inputs.dataset_inputs)
 
     # -- artifacts -----------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path) -> None:

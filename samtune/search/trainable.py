@@ -4,7 +4,8 @@ Tune hands it the trial's hyperparameters; everything else comes in the
 :class:`~samtune.search.context.TrialContext` bound with ``tune.with_parameters``.
 Each epoch goes to the trial's own MLflow child run and to Tune with a checkpoint.
 The checkpoint carries the MLflow run id, so a retried or resumed trial continues
-its own run instead of opening a second one.
+its own run instead of opening a second one.  A new run gets the trial's data set
+as its MLflow dataset inputs (``Tracker.log_trial_dataset``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from samtune import schema
 from samtune.budgets import with_budget
 from samtune.config import ConfigError, TrialConfig, make_trial_config
 from samtune.provenance import identity_tags
+from samtune.search.callbacks import TOTAL_EPOCHS_KEY
 from samtune.search.context import TrialContext
 from samtune.spec import expand_bundles
 from samtune.tracking import MlflowSink, Tracker
@@ -32,10 +34,12 @@ STATUS_KEY = "samtune_status"  # the trial's status in its last Tune result
 
 
 class RaySink:
-    """Sends each epoch to MLflow and to Tune, with a checkpoint."""
+    """Sends each epoch to MLflow and to Tune, with a checkpoint.  Tune's result also
+    holds the trial's planned ``epochs``, for the driver's progress display."""
 
-    def __init__(self, context: TrialContext, tracker: Tracker, run_id: str, config_yaml: str):
-        self.context, self.run_id = context, run_id
+    def __init__(self, context: TrialContext, tracker: Tracker, run_id: str, config_yaml: str,
+                 epochs: int | None = None):
+        self.context, self.run_id, self.epochs = context, run_id, epochs
         self.mlflow = MlflowSink(tracker, run_id, config_yaml)
 
     def on_epoch(self, record, checkpoint, final) -> None:
@@ -43,6 +47,8 @@ class RaySink:
         metrics = dict(record)
         metrics.update({k: math.nan for k in self.context.end_of_trial_keys})
         metrics.update({schema.FINAL_PREFIX + k: record[k] for k in schema.FINAL_OF})
+        if self.epochs is not None:
+            metrics[TOTAL_EPOCHS_KEY] = self.epochs
         if final is not None:
             metrics.update(final.final)
             metrics[STATUS_KEY] = final.status
@@ -67,8 +73,12 @@ def samtune_trial(hparams: dict[str, Any], context: TrialContext) -> None:
     resume = _load_checkpoint()
     run_id = resume.pop(RUN_ID_KEY) if resume else None
     run_id = _open_run(context, tracker, config, labels, run_id)
+    # a new run, or one an earlier attempt opened (and died in) before its first
+    # checkpoint; a run resumed from a checkpoint has its data set already
+    if resume is None and not tracker.has_dataset(run_id):
+        tracker.log_trial_dataset(run_id, config)
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    train(config, RaySink(context, tracker, run_id, config_yaml), resume=resume)
+    train(config, RaySink(context, tracker, run_id, config_yaml, config.epochs), resume=resume)
 
 
 def _load_checkpoint() -> dict[str, Any] | None:
