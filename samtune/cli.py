@@ -3,6 +3,9 @@
 Heavy libraries are imported inside each command so ``samtune --help`` is quick.
 A configuration mistake exits with status 2 and one message naming the key,
 the value and what is allowed, before anything is launched or recorded.
+``samtune search`` exits 0 when at least one trial completed, 1 when none did,
+2 for a mistake refused before launch (samtune.search.preflight) and 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a top-level spec key or trial.KEY (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and sampled configs")
     p.add_argument("--resume", action="store_true", help="finish an interrupted search")
-    p.add_argument("--address", default=None, help="attach to a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--address", default=None, help="attach to a Ray cluster: auto, HOST:PORT or "
+                   "ray://HOST:PORT (default: $RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--storage", default=None, help="Ray storage path (shared folder or URI)")
     _add_tracking(p)
 

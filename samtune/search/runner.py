@@ -1,5 +1,11 @@
 """Building and running the Tuner: Optuna space or grid, resources, ASHA,
-failure retries, storage, resume, and the end-of-search summary."""
+failure retries, storage, resume, and the end-of-search summary.
+
+Before anything is recorded, :mod:`samtune.search.preflight` checks the tracking
+store, the data, the batch sizes, the Ray cluster and the resources.  The exit
+status: 0 when at least one trial completed, 1 when none did (every trial failed,
+diverged or was stopped), 2 for a configuration refused before launch, 130 when
+the search was interrupted (finish it with ``--resume``)."""
 
 from __future__ import annotations
 
@@ -12,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from samtune import schema
+from samtune.config import ConfigError
+from samtune.search import preflight
 from samtune.search.context import build_context, hyperparameters
 from samtune.spec import SearchSpec, define_by_run
-from samtune.tracking import Tracker, runs_url, ui_command
+from samtune.tracking import Tracker, resolve_tracking_uri, runs_url, ui_command
 
 
 def configure_ray_environment(local: bool) -> None:
@@ -95,15 +103,54 @@ def _storage_path(storage: str | None) -> str:
     return str(Path(storage or "ray_results").resolve())
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(target: preflight.RayAddress | None) -> bool:
+    """Start a local Ray, or attach to ``target`` (bounded); returns whether this call
+    did it (False when Ray was already initialized, as in tests)."""
     import ray
 
     if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
+        return False
+    if target is not None:
+        preflight.connect_ray(target)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
+        # "local": a new instance, even when an earlier `ray start` left its address file
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 2**20)
+    return True
+
+
+def _shutdown_ray(started: bool) -> None:
+    if started:  # only what run_search started (a driver attached to a cluster just detaches)
+        import ray
+
+        ray.shutdown()
+
+
+def _preflight(spec: SearchSpec, tracking_uri: str | None, address: str | None
+               ) -> tuple[bool, dict[str, float]]:
+    """Every check that can be made before launch (see :mod:`samtune.search.preflight`);
+    starts or attaches to Ray, and shuts it down again if a check after that fails.
+    Returns whether it started Ray, and the resources of one trial."""
+    uri = resolve_tracking_uri(tracking_uri)
+    preflight.check_tracking_uri(uri, given=tracking_uri)
+    preflight.check_tracking_server(uri)
+    # before Ray is imported (resolving --address auto imports it)
+    configure_ray_environment(local=(address or os.environ.get("RAY_ADDRESS") or "local") == "local")
+    target = preflight.resolve_ray_address(address)
+    preflight.check_trial_data(spec, cluster=target is not None,
+                               client=target is not None and target.init.startswith("ray://"))
+    if target is not None:
+        preflight.check_ray_address(target)
+    started = _init_ray(target)
+    try:
+        resources = _default_resources(spec)
+        nodes = preflight.cluster_nodes()
+        preflight.check_resources(resources, nodes)
+        preflight.check_device(spec, resources, nodes)
+    except ConfigError:
+        _shutdown_ray(started)
+        raise
+    return started, resources
 
 
 @dataclass(frozen=True)
@@ -147,18 +194,20 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
     ``trainable`` is the function trainable, called as ``trainable(hparams, context=...)``;
     by default :func:`~samtune.search.trainable.samtune_trial` (a test wraps it to
     inject faults)."""
-    configure_ray_environment(local=address is None)  # before Ray is imported
+    started, resources = _preflight(spec, tracking_uri, address)  # nothing is recorded before it passes
     tracker = Tracker(tracking_uri)
-    experiment_id = tracker.ensure_experiment(spec.name)
     storage_path = _storage_path(storage)
-    opened = (_reopen if resume else _start)(spec, tracker, experiment_id, storage_path)
-    _init_ray(address)
+    try:
+        experiment_id = tracker.ensure_experiment(spec.name)
+        opened = (_reopen if resume else _start)(spec, tracker, experiment_id, storage_path)
+    except (ConfigError, FileNotFoundError):
+        _shutdown_ray(started)
+        raise
     from ray import tune
 
     from samtune.search.callbacks import MlflowRunCloser, SearchProgress
     from samtune.search.trainable import samtune_trial
 
-    resources = _default_resources(spec)
     context = build_context(spec, tracking_uri=tracker.uri, experiment_id=experiment_id,
                             parent_run_id=opened.parent_run_id, resources=resources)
     tracker.log_text(opened.parent_run_id, context.to_json(), schema.ARTIFACT_CONTEXT)
@@ -177,25 +226,94 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
     return _finish(spec, tuner.fit(), opened)
 
 
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one trial of a finished ``tuner.fit()`` ended, read through Ray's public
+    ResultGrid API: ``completed``, ``diverged`` or ``failed`` (samtune's statuses; a
+    trial that raised is ``failed``), ``stopped`` (reported, then stopped by ASHA or an
+    interrupt) or ``not run``.  ``error`` is the exception's last line, if it raised."""
+
+    trial: str
+    status: str
+    error: str | None = None
+
+
+def trial_outcomes(results) -> list[TrialOutcome]:
+    from samtune.search.trainable import STATUS_KEY
+
+    outcomes = []
+    for i in range(len(results)):
+        result = results[i]
+        metrics = result.metrics or {}
+        trial = str(metrics.get("trial_id") or Path(str(result.path)).name)
+        if result.error is not None:
+            outcomes.append(TrialOutcome(trial, schema.FAILED, preflight.last_line(str(result.error))))
+        elif metrics.get(STATUS_KEY) in schema.TRIAL_STATUSES:
+            outcomes.append(TrialOutcome(trial, metrics[STATUS_KEY]))
+        else:
+            outcomes.append(TrialOutcome(trial, "stopped" if metrics else "not run"))
+    return outcomes
+
+
+def exit_status(outcomes: list[TrialOutcome], interrupted: bool) -> int:
+    """130 if interrupted; else 0 when at least one trial completed, 1 when none did."""
+    if interrupted:
+        return 130
+    return 0 if any(o.status == schema.COMPLETED for o in outcomes) else 1
+
+
+def _counts(outcomes: list[TrialOutcome]) -> str:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items()) or "no trial"
+
+
+def _first_error(outcomes: list[TrialOutcome], opened: SearchRun) -> tuple[str, str] | None:
+    """(trial, short error) of the first trial that did not complete: the exception's
+    last line, else the trial run's ``samtune.error`` tag in MLflow."""
+    for outcome in outcomes:
+        if outcome.status in (schema.FAILED, schema.DIVERGED):
+            if outcome.error:
+                return outcome.trial, outcome.error
+            run_id = opened.tracker.find_trial_run(opened.experiment_id, outcome.trial, opened.parent_run_id)
+            error = opened.tracker.run_tag(run_id, schema.TAG_ERROR) if run_id else None
+            return outcome.trial, preflight.last_line(error or f"status {outcome.status}, no error recorded")
+    return None
+
+
 def _finish(spec: SearchSpec, results, opened: SearchRun) -> int:
     finished = results.num_terminated + results.num_errors
     interrupted = finished < spec.total_trials
+    outcomes = trial_outcomes(results)
+    status = exit_status(outcomes, interrupted)
     tracker = opened.tracker
     tracker.close_running_children(opened.experiment_id, opened.parent_run_id, schema.FAILED,
                                    error="search interrupted; resume with samtune search --resume")
     metric, mode = spec.objective.metrics[0], spec.objective.modes[0]
     best = _best(results, metric, mode)
-    summary = {"trials_finished": finished, "trials_errored": results.num_errors}
+    completed = sum(o.status == schema.COMPLETED for o in outcomes)
+    summary = {"trials_finished": finished, "trials_errored": results.num_errors,
+               "trials_completed": completed}
     if best is not None:
         summary[f"best_{metric}"] = best.metrics[metric]
-    tracker.end_search_run(opened.parent_run_id, state="KILLED" if interrupted else "FINISHED",
-                           metrics=summary)
-    _print_summary(spec, best, metric, opened, finished)
-    if interrupted:
+    tracker.end_search_run(opened.parent_run_id, metrics=summary,
+                           state={130: "KILLED", 1: "FAILED"}.get(status, "FINISHED"))
+    _print_summary(spec, best, metric, opened, finished, _counts(outcomes))
+    if status == 130:
         print(f"search interrupted after {finished}/{spec.total_trials} trials; finish it by running "
               f"the same command with --resume", file=sys.stderr)
-        return 130
-    return 0
+    elif status == 1:
+        first = _first_error(outcomes, opened)
+        print(f"search {spec.name!r}: no trial completed ({_counts(outcomes)})", file=sys.stderr)
+        if first is not None:
+            print(f"first error (trial {first[0]}): {first[1]}", file=sys.stderr)
+        print(f"all errors: error.txt in each failed trial's folder under {opened.ray_path}, and the "
+              f"{schema.TAG_ERROR} tag of each failed trial run in MLflow experiment {spec.name!r} "
+              f"({tracker.uri})", file=sys.stderr)
+    elif (first := _first_error(outcomes, opened)) is not None:
+        print(f"some trials did not complete; first error (trial {first[0]}): {first[1]}")
+    return status
 
 
 def _best(results, metric: str, mode: str):
@@ -206,9 +324,10 @@ def _best(results, metric: str, mode: str):
     return best if best is not None and best.metrics and metric in best.metrics else None
 
 
-def _print_summary(spec: SearchSpec, best, metric: str, opened: SearchRun, finished: int) -> None:
+def _print_summary(spec: SearchSpec, best, metric: str, opened: SearchRun, finished: int,
+                   counts: str) -> None:
     uri = opened.tracker.uri
-    print(f"\nsearch {spec.name!r}: {finished}/{spec.total_trials} trials finished")
+    print(f"\nsearch {spec.name!r}: {finished}/{spec.total_trials} trials finished ({counts})")
     if best is not None:
         searched = {k: best.config.get(k) for k in spec.searched_keys if k in best.config}
         print(f"best trial: {metric} = {best.metrics[metric]:.4f}  {searched}")
