@@ -40,6 +40,32 @@ class TrialContext:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@dataclass(frozen=True)
+class TrackingCredentials:
+    """The tracking server's credentials of the driver's environment, for trial
+    workers on nodes started without them.  Passed beside the context (never in it:
+    the context is logged) and never printed."""
+
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls) -> TrackingCredentials:
+        import os
+
+        return cls({key: os.environ[key] for key in CREDENTIAL_VARIABLES if os.environ.get(key)})
+
+    def apply(self) -> None:
+        import os
+
+        os.environ.update(self.variables)
+
+    def __repr__(self) -> str:
+        return f"TrackingCredentials({', '.join(self.variables) or 'none'})"
+
+
 def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
                   resources: Mapping[str, float]) -> TrialContext:
     """The context every trial of ``spec`` runs with, from the spec and the resources

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from samtune import schema
 from samtune.config import ConfigError
 from samtune.search import preflight
-from samtune.search.context import build_context, hyperparameters
+from samtune.search.context import TrackingCredentials, build_context, hyperparameters
 from samtune.spec import SearchSpec, define_by_run
 from samtune.tracking import Tracker, resolve_tracking_uri, runs_url, ui_command
 
@@ -103,6 +104,15 @@ def _storage_path(storage: str | None) -> str:
     return str(Path(storage or "ray_results").resolve())
 
 
+def _experiment_path(storage_path: str, ray_name: str) -> str:
+    """The Ray experiment folder under the storage path; a URI keeps its query
+    (``s3://bucket/runs?endpoint_override=...``) after the path."""
+    parts = urlsplit(storage_path)
+    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
+        return f"{storage_path.rstrip('/')}/{ray_name}"
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{ray_name}"))
+
+
 def _init_ray(target: preflight.RayAddress | None) -> bool:
     """Start a local Ray, or attach to ``target`` (bounded); returns whether this call
     did it (False when Ray was already initialized, as in tests)."""
@@ -160,6 +170,7 @@ class SearchRun:
     tracker: Tracker
     experiment_id: str
     parent_run_id: str
+    ray_name: str
     ray_path: str
 
 
@@ -168,7 +179,7 @@ def _start(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path:
     parent_run_id = tracker.start_search_run(
         experiment_id, run_name=ray_name, spec_yaml=spec.source, search_keys=spec.searched_keys,
         tags={schema.TAG_RAY_NAME: ray_name, schema.TAG_STORAGE: storage_path})
-    return SearchRun(tracker, experiment_id, parent_run_id, f"{storage_path.rstrip('/')}/{ray_name}")
+    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, _experiment_path(storage_path, ray_name))
 
 
 def _reopen(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path: str) -> SearchRun:
@@ -178,12 +189,12 @@ def _reopen(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path
     if parent_run_id is None:
         raise FileNotFoundError(f"no earlier search of {spec.name!r} in {tracker.uri} to resume")
     ray_name = tracker.run_tag(parent_run_id, schema.TAG_RAY_NAME)
-    path = f"{storage_path.rstrip('/')}/{ray_name}"
+    path = _experiment_path(storage_path, ray_name or "")
     if not ray_name or not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"search run {parent_run_id} has no resumable Ray state at {path}; "
                                 f"give the same --storage as the interrupted search")
     tracker.reopen_search_run(parent_run_id)
-    return SearchRun(tracker, experiment_id, parent_run_id, path)
+    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, path)
 
 
 def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: str | None = None,
@@ -211,7 +222,9 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
     context = build_context(spec, tracking_uri=tracker.uri, experiment_id=experiment_id,
                             parent_run_id=opened.parent_run_id, resources=resources)
     tracker.log_text(opened.parent_run_id, context.to_json(), schema.ARTIFACT_CONTEXT)
-    bound = tune.with_resources(tune.with_parameters(trainable or samtune_trial, context=context),
+    credentials = TrackingCredentials.from_environment()
+    extra = {"credentials": credentials} if credentials.variables else {}
+    bound = tune.with_resources(tune.with_parameters(trainable or samtune_trial, context=context, **extra),
                                 resources)
     print(f"search {spec.name!r}: {spec.total_trials} trials, {spec.concurrency} at a time; "
           f"MLflow parent run {opened.parent_run_id}; Ray results in {opened.ray_path}", flush=True)
@@ -221,7 +234,7 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
         callbacks = [MlflowRunCloser(tracker, experiment_id, opened.parent_run_id),
                      SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], spec.total_trials)]
         tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec),
-                           run_config=_run_config(spec, storage_path, opened.ray_path.rsplit("/", 1)[-1],
+                           run_config=_run_config(spec, storage_path, opened.ray_name,
                                                   callbacks))
     return _finish(spec, tuner.fit(), opened)
 

@@ -24,7 +24,7 @@ from samtune.budgets import with_budget
 from samtune.config import ConfigError, TrialConfig, make_trial_config
 from samtune.provenance import identity_tags
 from samtune.search.callbacks import TOTAL_EPOCHS_KEY
-from samtune.search.context import TrialContext
+from samtune.search.context import TrackingCredentials, TrialContext
 from samtune.spec import expand_bundles
 from samtune.tracking import MlflowSink, Tracker
 
@@ -57,9 +57,13 @@ class RaySink:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def samtune_trial(hparams: dict[str, Any], context: TrialContext) -> None:
+def samtune_trial(hparams: dict[str, Any], context: TrialContext,
+                  credentials: TrackingCredentials | None = None) -> None:
     """Ray Tune function trainable: one samtune trial."""
     from samtune.train import train
+
+    if credentials is not None:  # a worker on a node started without them
+        credentials.apply()
 
     values, labels = expand_bundles({**hparams, **context.run_settings}, context.bundles)
     tracker = Tracker(context.tracking_uri)
