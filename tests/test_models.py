@@ -240,7 +240,7 @@ def test_pytorch_init_is_every_layers_default_init(name):
     for conv, sq in convs:
         fresh = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=False)
         if fresh.weight.numel() >= 4096:  # enough weights for a 10 % agreement
-            assert sq == pytest.approx(float(fresh.weight.pow(2).sum()), rel=0.1)
+            assert sq == pytest.approx(float(fresh.weight.detach().pow(2).sum()), rel=0.1)
     for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
         assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
 

@@ -425,7 +425,7 @@ def test_first_error_comes_from_the_exception_else_the_mlflow_tag():
             assert key == schema.TAG_ERROR
             return f"Traceback (most recent call last):\n  ...\nValueError: no trial can run {run_id}\n"
 
-    opened = SearchRun(Tracker(), "1", "parent", "/ray/x")
+    opened = SearchRun(Tracker(), "1", "parent", "x", "/ray/x")
     outcomes = trial_outcomes([fake_result("completed", trial="a"), fake_result("diverged", trial="b"),
                                fake_result(error=RuntimeError("boom"), trial="c")])
     assert _first_error(outcomes, opened) == ("b", "ValueError: no trial can run run-b")
