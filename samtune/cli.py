@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="samtune-default")
     p.add_argument("--search", default=None, help="parent run id of one search (default: all trials)")
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
-    p.add_argument("--max-train-error", type=float, default=0.5,
+    p.add_argument("--max-train-error", type=float, default=argparse.SUPPRESS,
                    help="trials trained without a criterion whose final train error is above this did not "
                         "fit their training set and are left out of every fit (default 0.5)")
     _add_tracking(p)
@@ -131,7 +131,8 @@ def cmd_report(args) -> int:
     out = Path(args.out or Path("reports") / args.experiment)
     try:
         result = build_report(args.experiment, tracking_uri=resolve_tracking_uri(args.tracking_uri),
-                              search_run_id=args.search, out_dir=out, max_train_error=args.max_train_error)
+                              search_run_id=args.search, out_dir=out,
+                              **({"max_train_error": args.max_train_error} if "max_train_error" in args else {}))
     except AnalysisError as err:
         print(f"samtune report: {err}", file=sys.stderr)
         return 1
