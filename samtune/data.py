@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from samtune import schema
+from samtune.data_files import TINY_IMAGENET_FOLDER, data_root, tiny_imagenet_missing
 
 AUGMENTS = schema.AUGMENTS
 PAD_MODES = ("constant", "reflect")
@@ -45,7 +46,6 @@ TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.226
 DIGITS_TEST_SIZE = 1000
 
 DOWNLOAD_HINT = "pass download=True to load_dataset (CLI: --set download=true)"
-TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -326,11 +326,6 @@ def fixed_batches(x: Tensor, y: Tensor, *, n_examples: int, batch_size: int) -> 
 # Data sets
 
 
-def data_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """Folder that holds the data sets: `root`, else $SAMTUNE_DATA, else ./data (relative to the cwd)."""
-    return Path(root if root is not None else os.environ.get("SAMTUNE_DATA", "data")).expanduser()
-
-
 def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and population std of an NCHW batch."""
     mean = x.mean(dim=(0, 2, 3))
@@ -491,14 +486,12 @@ def _load_tiny_imagenet(root: Path, download: bool) -> TensorData:
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    folder = root / "tiny-imagenet-200"
+    problem = tiny_imagenet_missing(root)
+    if problem:
+        raise DatasetNotFound(f"{problem}, or point root / $SAMTUNE_DATA at the folder that contains "
+                              f"{TINY_IMAGENET_FOLDER}.")
+    folder = root / TINY_IMAGENET_FOLDER
     train_dir, val_dir = folder / "train", folder / "val"
-    if not train_dir.is_dir() or not (val_dir / "val_annotations.txt").is_file():
-        raise DatasetNotFound(
-            f"tiny-imagenet not found: looked for {train_dir} and {val_dir / 'val_annotations.txt'}. "
-            f"It has no automatic download: fetch {TINY_IMAGENET_URL} and unzip it into {root} "
-            f"(giving {folder}), or point root / $SAMTUNE_DATA at the folder that contains tiny-imagenet-200."
-        )
     classes, class_to_idx = find_classes(str(train_dir))
     train = make_dataset(str(train_dir), class_to_idx, extensions=IMG_EXTENSIONS)
     test = _tiny_imagenet_val(val_dir, class_to_idx)

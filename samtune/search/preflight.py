@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 
 from samtune import schema
 from samtune.config import ConfigError, TrialConfig
+from samtune.data_files import TINY_IMAGENET_FOLDER, data_root, tiny_imagenet_missing
 from samtune.spec import Choice, SearchSpec
 
 TRACKING_TIMEOUT_S = 10.0
@@ -279,14 +280,7 @@ CIFAR_FILES = {
                  "test_batch", "batches.meta")),
     "cifar100": ("cifar-100-python", "CIFAR100", ("train", "test", "meta")),
 }
-TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
-TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')  # torchvision's
-
-
-def data_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """``samtune.data.data_root`` without importing torch: `root`, else $SAMTUNE_DATA, else ./data."""
-    return Path(root if root is not None else os.environ.get("SAMTUNE_DATA", "data")).expanduser()
 
 
 def _shared_hint(cluster: bool) -> str:
@@ -352,14 +346,11 @@ def check_dataset_present(dataset: str, root: Path, *, download: bool = False, c
             raise ConfigError(f"{where}: {dataset} at {folder} is incomplete: {', '.join(missing)} missing. "
                               f"Delete {folder} and --set trial.download=true. {hint}")
     elif dataset == "tiny-imagenet":
-        folder = root / TINY_IMAGENET_FOLDER
-        train_dir, val_dir = folder / "train", folder / "val"
-        if not train_dir.is_dir() or not (val_dir / "val_annotations.txt").is_file():
-            raise ConfigError(
-                f"{where}: tiny-imagenet not found: looked for {train_dir} and {val_dir / 'val_annotations.txt'}. "
-                f"It has no automatic download: fetch {TINY_IMAGENET_URL} and unzip it into {root} (giving "
-                f"{folder}), or point trial.data_dir / $SAMTUNE_DATA at the folder that contains "
-                f"{TINY_IMAGENET_FOLDER}. {hint}")
+        problem = tiny_imagenet_missing(root)
+        if problem:
+            raise ConfigError(f"{where}: {problem}, or point trial.data_dir / $SAMTUNE_DATA at the folder "
+                              f"that contains {TINY_IMAGENET_FOLDER}. {hint}")
+        train_dir = root / TINY_IMAGENET_FOLDER / "train"
         if not any(entry.is_dir() for entry in os.scandir(train_dir)):
             raise ConfigError(f"{where}: {train_dir} has no class folders. {hint}")
     return schema.DATASET_TRAIN_SIZES[dataset]
