@@ -35,14 +35,15 @@ def train_size(config: TrialConfig) -> int:
 def capacity(values: Mapping[str, Any], unit: str) -> int:
     """What a trial with ``values`` spends in ``unit`` over its ``epochs``."""
     config = make_trial_config(dict(values))
-    return TrialSchedule.from_config(config).capacity(train_size(config), unit, config.evals_per_step)
+    return TrialSchedule.from_config(config).capacity(config.epoch_examples(train_size(config)), unit,
+                                                      config.evals_per_step)
 
 
 def with_budget(values: Mapping[str, Any], budget: int, unit: str) -> dict[str, Any]:
     """``values`` with the budget set, and ``epochs`` raised to the fewest that hold it
     when its own are too few."""
     config = make_trial_config(dict(values))
-    n_train = train_size(config)
+    n_train = config.epoch_examples(train_size(config))
     epochs = config.epochs
     while TrialSchedule.from_config(config.model_copy(update={"epochs": epochs})).capacity(
             n_train, unit, config.evals_per_step) < budget:

@@ -43,6 +43,10 @@ class HyperParams(ScheduleParams):
     dataset: str = "digits"
     model: Literal[schema.MODELS] = "small_cnn"
     init: Literal[schema.INITS] = "default"
+    # the paper's ViTs only: stochastic depth, Shifted Patch Tokenization, Locality Self-Attention
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    vit_spt: bool = False
+    vit_lsa: bool = False
     seed: int = Field(0, ge=0)
     # optimizer
     optimizer: Literal[schema.OPTIMIZERS] = "gsam"
@@ -52,9 +56,19 @@ class HyperParams(ScheduleParams):
     alpha: float = Field(0.1, ge=0.0)
     adaptive: bool = False
     eta: float = Field(0.0, ge=0.0)
-    # loss and data
+    # loss and data: the training recipe (Harada's ViT runs: label smoothing 0.1,
+    # AutoAugment, RandomErasing 0.25, CutMix or MixUp on half the batches, 3 passes)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    augment: bool = True
+    augment: bool = True  # random crop (padding image_size // 8) and horizontal flip
+    autoaugment: bool = False  # torchvision's AutoAugment, CIFAR-10 policy, per image
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets a box erased
+    random_erasing_max_area: float = Field(0.4, gt=0.02, le=1.0)  # of the image; the least is 0.02
+    random_erasing_aspect: float = Field(0.3, gt=0.0, le=1.0)  # box aspect in [a, 1/a]
+    cutmix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is CutMix-ed
+    cutmix_alpha: float = Field(1.0, gt=0.0)  # CutMix's Beta(alpha, alpha) area ratio
+    mixup_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is MixUp-ed
+    mixup_alpha: float = Field(1.0, gt=0.0)  # MixUp's Beta(alpha, alpha) weight
+    epoch_passes: int = Field(1, ge=1)  # passes over the training set per epoch, each freshly augmented
     precision: Literal[schema.PRECISIONS] = "fp32"
     # when training ends besides ``epochs`` (then the most epochs a trial may take):
     # a criterion on the training set, checked after each epoch (every bound given
@@ -83,12 +97,24 @@ class HyperParams(ScheduleParams):
         schedule = TrialSchedule.from_config(self)
         if self.budget is not None:
             _check_budget(self, schedule)
+        _check_recipe(self)
         return self
+
+    @property
+    def pipeline(self) -> str:
+        """Where training batches are made (``schema.PIPELINES``): per-image policies
+        need worker processes; crop and flip run batched on the trial's device."""
+        return "workers" if self.autoaugment or self.random_erasing > 0 else "device"
 
     @property
     def evals_per_step(self) -> int:
         """Gradient evaluations per optimizer step: two for the SAM family."""
         return 1 if self.optimizer in schema.ONE_PASS_OPTIMIZERS else 2
+
+    def epoch_examples(self, n_train: int) -> int:
+        """Examples an epoch draws from a training set of ``n_train``: ``epoch_passes``
+        fresh passes over it (Harada's ViT runs: three)."""
+        return n_train * self.epoch_passes
 
     @property
     def criterion(self) -> dict[str, float]:
@@ -118,6 +144,9 @@ class RunSettings(BaseModel):
     device: str = "auto"
     num_threads: int = Field(0, ge=0)
     eval_batch_size: int = Field(512, ge=1)
+    # worker processes of the per-image pipeline (0: in the trial's process); the
+    # augmentation of each image is seeded by its position, so results do not depend on it
+    loader_workers: int = Field(0, ge=0)
 
     @field_validator("device")
     @classmethod
@@ -125,6 +154,18 @@ class RunSettings(BaseModel):
         if not (value in ("auto", "cpu") or value.startswith("cuda")):
             raise ValueError("allowed are auto, cpu, cuda, cuda:N")
         return value
+
+
+def _check_recipe(hparams: HyperParams) -> None:
+    """Options of one model family or of two exclusive draws must make sense together."""
+    if hparams.model not in schema.VIT_MODELS:
+        for key in ("drop_path", "vit_spt", "vit_lsa"):
+            if getattr(hparams, key) != HyperParams.model_fields[key].default:
+                raise ValueError(f"{key} = {getattr(hparams, key)!r} applies to the ViT models only "
+                                 f"({', '.join(schema.VIT_MODELS)}); model = {hparams.model!r}")
+    if hparams.cutmix_prob + hparams.mixup_prob > 1:
+        raise ValueError(f"cutmix_prob + mixup_prob = {hparams.cutmix_prob} + {hparams.mixup_prob} "
+                         "must be <= 1: a batch is CutMix-ed, MixUp-ed or neither")
 
 
 def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:
@@ -136,11 +177,12 @@ def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:
     n_train = schema.DATASET_TRAIN_SIZES.get(hparams.dataset)
     if n_train is None:  # an image folder: checked when its trial loads it
         return
-    capacity = schedule.capacity(n_train, unit, hparams.evals_per_step)
+    capacity = schedule.capacity(hparams.epoch_examples(n_train), unit, hparams.evals_per_step)
     if budget > capacity:
         raise ValueError(f"budget = {budget} {unit} cannot be spent in epochs = {hparams.epochs} "
                          f"({capacity} {unit} at most on {hparams.dataset}'s {n_train} training "
-                         f"examples); raise epochs, which caps a budgeted trial")
+                         f"examples x epoch_passes = {hparams.epoch_passes}); raise epochs, which caps a "
+                         f"budgeted trial")
 
 
 HYPERPARAM_KEYS = tuple(HyperParams.model_fields)

@@ -27,9 +27,14 @@ DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")
 DATASET_TRAIN_SIZES = MappingProxyType({"digits": 797, "cifar10": 50_000, "cifar100": 50_000,
                                         "tiny-imagenet": 100_000})
 IMAGEFOLDER_PREFIX = "imagefolder:"  # dataset "imagefolder:<path>": any train/ test/ image folder
-MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "resnet50")
+MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "vit_small", "resnet50")
+VIT_MODELS = ("vit_tiny", "vit_small")  # the paper's ViTs: the only models with drop_path, vit_spt, vit_lsa
 INITS = ("default", "pytorch", "kaiming")  # model weight init (samtune.models.reinitialize_)
-AUGMENTS = ("none", "crop_flip")
+AUGMENTS = ("none", "crop_flip")  # the on-device (batched) augmentations
+# Where a trial's training batches are made: "device" (the whole set in device memory,
+# crop and flip as batched tensor ops) or "workers" (per-sample transforms in
+# DataLoader worker processes, for AutoAugment and RandomErasing).
+PIPELINES = ("device", "workers")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVE_MODES = ("min", "max")
 # what a trial budget counts: optimizer updates, training examples, or gradient
@@ -39,7 +44,7 @@ BUDGET_UNITS = ("steps", "samples", "gradient_evaluations")
 # Trial keys that say where and how a trial runs, not what it is: they never enter
 # the hyperparameter digest, nor what "all other hyperparameters equal" means in a
 # report.  ``samtune.config.RunSettings`` declares exactly these fields.
-RUN_SETTINGS = ("data_dir", "download", "device", "num_threads", "eval_batch_size")
+RUN_SETTINGS = ("data_dir", "download", "device", "num_threads", "eval_batch_size", "loader_workers")
 # Hyperparameters that fix how a trial is measured, not how it is trained: a report
 # never takes them for searched axes (the measures' own definitions cover them).
 MEASUREMENT_KEYS = ("sharpness", "sharpness_examples", "sharpness_batch", "train_eval_examples")
@@ -87,6 +92,8 @@ MEASURES: Mapping[str, MeasureName] = MappingProxyType({m.name: m for m in (
     _sharp("avg_l2_adaptive", "stderr", per_batch=True),
     _sharp("keskar"),
     _sharp("ascent", per_batch=True),
+    _sharp("ascent_full"),  # SAM's ascent along the gradient of all the measure's examples at once
+    _sharp("avg_sphere", "stderr", per_batch=True),  # E f(w + ρ u/‖u‖) − f(w), u ~ N(0, I)
     _sharp("hessian_max_eig", "residual"),
     _sharp("hessian_trace", "stderr"),
     MeasureName("norm_param_l2", "norm_param_l2"),
@@ -158,6 +165,10 @@ ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_HISTORY = "history.csv"
 ARTIFACT_MODEL = "model.pt"
 ARTIFACT_CONTEXT = "trial_context.json"
+ARTIFACT_INTERPOLATION_CSV = "interpolation.csv"  # samtune interpolate: loss and error along θ(a)
+ARTIFACT_INTERPOLATION_PNG = "interpolation.png"
+KIND_INTERPOLATION = "interpolation"  # a run of samtune interpolate (tag samtune.kind)
+TAG_INTERPOLATED_RUNS = "samtune.interpolated_runs"  # "<run θ₁>,<run θ₂>"
 
 DEFAULT_EXPERIMENT_TRAIN = "samtune-train"
 DEFAULT_SPACE = "default"
