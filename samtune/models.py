@@ -13,8 +13,13 @@ one of:
   1605.07146), pre-activation wide basic blocks, widths 16/160/320/640;
   36,479,194 parameters for 10 classes.  ``depth``/``widen``/``dropout``
   keywords give other WRN-d-k.
-- ``vit_tiny``: torchvision's ``VisionTransformer`` at CIFAR scale (patch 4, 9
-  layers, 12 heads, hidden 192, MLP 384); 2,714,980 parameters for 100 classes.
+- ``vit_tiny`` / ``vit_small``: the paper's ViT-T / ViT-S (after
+  aanna0701/SPT_LSA_ViT): patch 4, pre-norm blocks, class token, learned
+  position embedding; dim 192, depth 9, 12 heads of 16 / dim 384, depth 12,
+  6 heads of 64; MLP ratio 2.  ``drop_path`` (stochastic depth), ``spt``
+  (Shifted Patch Tokenization) and ``lsa`` (Locality Self-Attention) keywords.
+  2,709,796 / 14,276,068 parameters for 100 classes at 32×32 (2,747,248 /
+  14,350,348 with SPT and LSA).
 - ``small_cnn``: two 3×3 conv + BatchNorm blocks and a linear head for the 8×8
   scikit-learn digits.
 
@@ -32,7 +37,6 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models import resnet50 as tv_resnet50
-from torchvision.models.vision_transformer import VisionTransformer
 
 from samtune import schema
 
@@ -174,36 +178,212 @@ def wrn(
 
 
 # ---------------------------------------------------------------------------
-# Vision Transformer
+# Vision Transformer (Lee et al. 2021, "Vision Transformer for Small-Size
+# Datasets", aanna0701/SPT_LSA_ViT, as used by GSAM_batch_inc models/ViT.py)
+
+
+def _patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``b c (h p) (w p) -> b (h w) (p p c)``: the reference's patch layout, so
+    a patch's features are ordered row, column, channel."""
+    b, c, height, width = x.shape
+    h, w = height // patch_size, width // patch_size
+    x = x.reshape(b, c, h, patch_size, w, patch_size).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, h * w, patch_size * patch_size * c)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample: in training each sample's residual branch is
+    zeroed with probability ``p`` and otherwise scaled by ``1 / (1 - p)``, which
+    keeps its expectation; identity in eval mode."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = (torch.rand(shape, device=x.device) < keep).to(x.dtype)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class PatchShifting(nn.Module):
+    """The input and four copies shifted by ``shift`` pixels along the diagonals
+    (zero fill), concatenated on channels: ``C`` channels in, ``5 C`` out."""
+
+    def __init__(self, shift: int) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, (h, w) = self.shift, x.shape[-2:]
+        padded = nn.functional.pad(x, (s, s, s, s))
+        # Crops of the padded image in the reference's order: left-up, right-up, left-bottom, right-bottom.
+        crops = [padded[..., i:i + h, j:j + w] for i, j in ((0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s))]
+        return torch.cat([x, *crops], dim=1)
+
+
+class PatchEmbedding(nn.Module):
+    """Flattened patches projected to ``dim``.  With Shifted Patch Tokenization
+    the patches of the shifted stack (half a patch) are layer-normed first."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, spt: bool) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        patch_dim = in_channels * patch_size * patch_size * (5 if spt else 1)
+        self.shift = PatchShifting(patch_size // 2) if spt else nn.Identity()
+        self.norm = nn.LayerNorm(patch_dim) if spt else nn.Identity()
+        self.proj = nn.Linear(patch_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(_patches(self.shift(x), self.patch_size)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, qkv without bias.  With Locality Self-Attention
+    the scale is a learnable temperature per head and a token may not attend to
+    itself.  The attention is written out (no fused kernel) because the Hessian
+    sharpness measures differentiate through it twice."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, lsa: bool) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.lsa = heads, head_dim, lsa
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.proj = nn.Linear(heads * head_dim, dim)
+        self.scale = head_dim**-0.5
+        if lsa:
+            self.temperature = nn.Parameter(torch.full((heads,), self.scale))
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, n, _ = x.shape
+        return self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        logits = q @ k.transpose(-2, -1)
+        if not self.lsa:
+            return (logits * self.scale).softmax(dim=-1)
+        logits = logits * self.temperature.view(1, -1, 1, 1)
+        n = logits.shape[-1]
+        diagonal = torch.eye(n, dtype=torch.bool, device=logits.device)
+        return logits.masked_fill(diagonal, float("-inf")).softmax(dim=-1)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights ``(batch, heads, tokens, tokens)`` for tokens ``x``."""
+        q, k, _ = self._qkv(x)
+        return self._weights(q, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        out = self._weights(q, k) @ v
+        return self.proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; one stochastic-depth rate on both branches."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: int, drop_path: float, lsa: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, head_dim, lsa)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _vit_init_(module: nn.Module) -> None:
+    """The reference's init: Xavier-normal weights and zero biases for linear
+    (and conv) layers, LayerNorm weight 1 and bias 0."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ViT(nn.Module):
+    """Vision Transformer: patch embedding (optionally SPT), class token,
+    learned position embedding (both standard normal), ``depth`` pre-norm
+    blocks, and a LayerNorm + linear head on the class token."""
+
+    def __init__(
+        self, *, num_classes: int, in_channels: int, image_size: int, patch_size: int, dim: int, depth: int,
+        heads: int, mlp_ratio: int, drop_path: float = 0.0, spt: bool = False, lsa: bool = False
+    ) -> None:
+        super().__init__()
+        num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = PatchEmbedding(in_channels, dim, patch_size, spt)
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.Sequential(
+            *(Block(dim, heads, dim // heads, mlp_ratio, drop_path, lsa) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.apply(_vit_init_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x)[:, 0]))
+
+
+def _check_vit_options(image_size: int, patch_size: int, drop_path: float, spt: bool, lsa: bool) -> None:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be an integer >= 1, got {patch_size!r}")
+    if image_size % patch_size:
+        raise ValueError(f"image_size must be divisible by patch_size={patch_size!r}, got {image_size!r}")
+    if isinstance(drop_path, bool) or not isinstance(drop_path, (int, float)) or not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"drop_path must be a number in [0, 1), got {drop_path!r}")
+    for key, value in (("spt", spt), ("lsa", lsa)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be True or False, got {value!r}")
+    if spt and patch_size < 2:
+        # SPT shifts by half a patch: a 1-pixel patch would not shift at all.
+        raise ValueError(f"spt needs patch_size >= 2, got {patch_size!r}")
+
+
+def _vit(
+    *, num_classes: int, in_channels: int, image_size: int, patch_size: int, drop_path: float, spt: bool, lsa: bool,
+    **sizes: int
+) -> ViT:
+    _check_vit_options(image_size, patch_size, drop_path, spt, lsa)
+    return ViT(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+        drop_path=float(drop_path), spt=spt, lsa=lsa, **sizes
+    )
 
 
 def vit_tiny(
-    *, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4
+    *, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4, drop_path: float = 0.0,
+    spt: bool = False, lsa: bool = False
 ) -> nn.Module:
-    """ViT-Tiny at CIFAR scale: torchvision's ``VisionTransformer`` with hidden
-    192, 9 layers, 12 heads, MLP 384 (the SPT_LSA_ViT / Harada "ViT-T" sizes;
-    torchvision's blocks have no stochastic depth).  For ``in_channels != 3``
-    the patch projection is rebuilt with torchvision's own init."""
-    if image_size % patch_size:
-        raise ValueError(
-            f"image_size must be divisible by patch_size={patch_size!r}, got {image_size!r}"
-        )
-    model = VisionTransformer(
-        image_size=image_size,
-        patch_size=patch_size,
-        num_layers=9,
-        num_heads=12,
-        hidden_dim=192,
-        mlp_dim=384,
-        num_classes=num_classes,
+    """ViT-T of Harada & Iiduka: dim 192, depth 9, 12 heads of 16, MLP 384."""
+    return _vit(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+        drop_path=drop_path, spt=spt, lsa=lsa, dim=192, depth=9, heads=12, mlp_ratio=2
     )
-    if in_channels != 3:
-        proj = nn.Conv2d(in_channels, model.hidden_dim, kernel_size=patch_size, stride=patch_size)
-        fan_in = in_channels * patch_size * patch_size
-        nn.init.trunc_normal_(proj.weight, std=(1.0 / fan_in) ** 0.5)
-        nn.init.zeros_(proj.bias)
-        model.conv_proj = proj
-    return model
+
+
+def vit_small(
+    *, num_classes: int, in_channels: int = 3, image_size: int = 32, patch_size: int = 4, drop_path: float = 0.0,
+    spt: bool = False, lsa: bool = False
+) -> nn.Module:
+    """ViT-S of Harada & Iiduka: dim 384, depth 12, 6 heads of 64, MLP 768."""
+    return _vit(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+        drop_path=drop_path, spt=spt, lsa=lsa, dim=384, depth=12, heads=6, mlp_ratio=2
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -246,6 +426,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "wrn28_10": wrn,
     "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
     "resnet50": resnet50,
     "small_cnn": small_cnn,
 }
@@ -256,13 +437,18 @@ def reinitialize_(model: nn.Module, init: str) -> nn.Module:
     """Re-draw the weights of ``model`` in place (from the global torch RNG):
 
     - ``default``: leave the architecture's own init (torchvision's ResNets and
-      the WRN: Kaiming-normal fan-out convs; the small CNN: PyTorch's layer init);
+      the WRN: Kaiming-normal fan-out convs; the ViTs: Xavier-normal linears,
+      standard-normal position embedding and class token; the small CNN:
+      PyTorch's layer init);
     - ``pytorch``: every layer's own ``reset_parameters()``, i.e. what a model
       with no init code gets (convs and linears Kaiming-uniform with a = √5, BN
       weight 1, bias 0): the paper's ResNets (``iiduka-researches/GSAM_batch_inc``
       ``models/resnet.py``);
     - ``kaiming``: convs Kaiming-normal fan-out (ReLU gain), BN weight 1 and bias 0,
       linears PyTorch's init: torchvision's ResNet recipe, on any architecture.
+
+    Parameters that belong to no layer (a ViT's position embedding, class token
+    and LSA temperatures) keep the architecture's init under every choice.
     """
     if init not in schema.INITS:
         raise ValueError(f"init must be one of {', '.join(schema.INITS)}; got {init!r}")
@@ -285,7 +471,7 @@ def create_model(
     """Build the registered model ``name`` with weights drawn by ``init`` (see
     :func:`reinitialize_`); ``kwargs`` go to its builder (e.g.
     ``depth``/``widen``/``dropout`` for ``wrn28_10``, ``stem`` for the ResNets,
-    ``patch_size`` for ``vit_tiny``)."""
+    ``patch_size``/``drop_path``/``spt``/``lsa`` for the ViTs)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
     for key, value in zip(_COMMON_ARGS, (num_classes, in_channels, image_size)):
