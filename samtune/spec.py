@@ -366,6 +366,15 @@ class Resources(_Section):
         return self.model_dump(exclude_none=True)
 
 
+def _check_loader_cpus(workers: int, resources: Mapping[str, float]) -> None:
+    """A trial's loader processes run on the CPUs it reserves, beside the trial's own."""
+    cpus = resources.get("cpu", 1)
+    if workers and workers + 1 > cpus:
+        raise ValueError(f"trial.loader_workers = {workers} needs resources.cpu >= {workers + 1} (the trial's "
+                         f"process and its loader workers), got resources.cpu = {cpus}; raise resources.cpu "
+                         f"or lower trial.loader_workers")
+
+
 class Asha(_Section):
     """ASHA early stopping, compared on a per-epoch metric."""
 
@@ -486,6 +495,7 @@ class SearchSpec(_Section):
         names = tuple(axis.name for axis in self.grid)
         for axis in self.grid:
             axis.check(self.trial, names)
+        _check_grid_cells(self)
         allowed = reported_metrics(base)
         for metric in self.objective.metrics:
             if metric not in allowed:
@@ -496,6 +506,7 @@ class SearchSpec(_Section):
                              "use scheduler: none")
         if self.equal_budget is not None:
             self._budget = _equal_budget(self)
+        _check_loader_cpus(base.loader_workers, self.resources)
         return self
 
     @property
@@ -578,6 +589,16 @@ def _equal_budget(spec: SearchSpec) -> int:
     for values in _grid_values(spec):
         make_trial_config(with_budget(values, budget, unit), where=f"{where} cell")
     return budget
+
+
+def _check_grid_cells(spec: SearchSpec) -> None:
+    """Every cell of a grid is known before launch, so the checks across keys (a ViT option
+    on a CNN, lr_final <= lr, ...) are made for each one now, not when its trial starts."""
+    names = [axis.name for axis in spec.grid]
+    combos = itertools.product(*(axis.choices for axis in spec.grid))
+    for combo, values in zip(combos, _grid_values(spec), strict=True):
+        cell = ", ".join(f"{name}: {value}" for name, value in zip(names, combo, strict=True))
+        make_trial_config(values, where=f"grid cell {{{cell}}}")
 
 
 def _grid_values(spec: SearchSpec) -> list[dict[str, Any]]:

@@ -100,6 +100,15 @@ REFUSED = [
      ["grid cell {batch_size: 1024}: batch_size = 1024", "797"], []),
     ("search-upper-bound-batch", {"search": {"batch_size": {"int": [32, 1000]}}}, [],
      ["search.batch_size = 1000 (its upper bound)", "797"], []),
+    # the training recipe of the ViT runs
+    ("cutmix-prob-above-one", {"trial": {"cutmix_prob": 1.5}}, [],
+     ["trial.cutmix_prob = 1.5", "less than or equal to 1"], []),
+    ("vit-variant-unknown", {"trial": {"model": "vit_huge"}}, [],
+     ["trial.model = 'vit_huge'", "'vit_tiny', 'vit_small'"], []),
+    ("vit-option-on-a-cnn", {"grid": {"drop_path": [0.0, 0.1]}, "search": None}, [],
+     ["drop_path = 0.1 applies to the ViT models only", "model = 'small_cnn'"], []),
+    ("loader-workers-beyond-cpus", {"trial": {"autoaugment": True, "loader_workers": 4}}, [],
+     ["trial.loader_workers = 4 needs resources.cpu >= 5", "resources.cpu = 1"], []),
 ]
 
 

@@ -227,15 +227,18 @@ def test_dry_run_prints_space_and_samples(tmp_path):
 
 
 def test_a_value_is_refused_for_its_own_key_not_for_combinations():
-    # rho_min <= rho and lr_final <= lr are checked when each trial starts, once every
-    # key has its value: a range that reaches past them is not a mistake by itself
+    # rho_min <= rho and lr_final <= lr are checked when each sampled trial starts, once
+    # every key has its value: a range that reaches past them is not a mistake by itself;
+    # a grid's cells are all known, so a cell that breaks them is refused before launch
     spec = parse_search_spec(spec_with(trial={"epochs": 4, "rho": 0.05, "lr": 0.1},
                                        search={"rho_min": {"uniform": [0.0, 0.2]},
                                                "lr_final": {"loguniform": [0.001, 0.5]}}))
     assert [d.key for d in spec.search] == ["rho_min", "lr_final"]
     grid = parse_search_spec(spec_with(search=None, trial={"epochs": 4, "rho": 0.05},
-                                       grid={"rho_min": [0.0, 0.1]}))
-    assert grid.grid_axes() == {"rho_min": [0.0, 0.1]}
+                                       grid={"rho_min": [0.0, 0.05]}))
+    assert grid.grid_axes() == {"rho_min": [0.0, 0.05]}
+    with pytest.raises(ConfigError, match=r"grid cell \{rho_min: 0\.1\}: rho_min must be in \[0, rho=0\.05\]"):
+        parse_search_spec(spec_with(search=None, trial={"epochs": 4, "rho": 0.05}, grid={"rho_min": [0.0, 0.1]}))
     with pytest.raises(ConfigError, match=r"rho_min = -0\.1"):
         parse_search_spec(spec_with(search={"rho_min": {"uniform": [-0.1, 0.2]}}))
 
