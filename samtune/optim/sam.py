@@ -85,6 +85,9 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self._perturbed: list[torch.Tensor] | None = None  # set by first_step, consumed by second_step
+        # data-parallel training: averages the final directions across workers
+        # (samtune.optim.distributed.average_directions); None on one worker
+        self.direction_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     def _check_groups(self) -> None:
         for group in self.param_groups:
@@ -149,6 +152,9 @@ class SAM(torch.optim.Optimizer):
         if self._perturbed is None:
             raise RuntimeError("second_step() called without a preceding first_step()")
         self._form_direction()
+        if self.direction_sync is not None:
+            self.direction_sync([p.grad for group in self.param_groups for p in group["params"]
+                                 if p.grad is not None])
         if self._perturbed:
             torch._foreach_copy_(self._perturbed, [self.state[p]["old_p"] for p in self._perturbed])
         self._perturbed = None
