@@ -95,12 +95,14 @@ class TensorData:
             test_y=self.test_y.to(device),
         )
 
-    def train_loader(self, *, batch_size: int, seed: int, augment: str | None = None) -> DeviceLoader:
+    def train_loader(
+        self, *, batch_size: int, seed: int, augment: str | None = None, passes: int = 1
+    ) -> DeviceLoader:
         """Shuffled training loader with drop_last and this set's augmentation settings."""
         return DeviceLoader(
             self.train_x, self.train_y, batch_size=batch_size, shuffle=True, drop_last=True,
             augment=self.augment if augment is None else augment,
-            pad=self.pad, fill=self.pad_fill, seed=seed,
+            pad=self.pad, fill=self.pad_fill, seed=seed, passes=passes,
         )
 
     def eval_loader(self, split: str, *, batch_size: int) -> DeviceLoader:
@@ -145,6 +147,23 @@ def draw_epoch_plan(
     left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.randint(0, 2, (n,), generator=generator).bool()
     return EpochPlan(order, top, left, flip)
+
+
+def draw_passes_plan(
+    n: int, *, passes: int, shuffle: bool, augment: str, pad: int, generator: torch.Generator
+) -> EpochPlan:
+    """`passes` plans drawn one after the other, concatenated: an epoch of passes * n positions.
+
+    Each pass is a fresh permutation with fresh augmentation (Harada's RASampler with
+    len_factor = passes and one repetition); passes=1 is exactly `draw_epoch_plan`.
+    """
+    plans = [draw_epoch_plan(n, shuffle=shuffle, augment=augment, pad=pad, generator=generator)
+             for _ in range(passes)]
+    if passes == 1:
+        return plans[0]
+    if not shuffle:
+        plans = [plan._replace(order=torch.arange(n)) for plan in plans]
+    return EpochPlan(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*plans)))
 
 
 def crop_flip(
@@ -205,6 +224,10 @@ class DeviceLoader:
     drop_last=True (training, as in Harada's code) drops the final partial batch;
     shuffle=False, drop_last=False covers every example once, in order.
 
+    With `passes` > 1 an epoch is that many passes over the data, each with its own
+    permutation and augmentation, concatenated: batches straddle passes and only the
+    final partial batch of the whole epoch is dropped.
+
     `state_dict()` holds the generator state and the epoch count. Taken between
     epochs, it makes a restored loader yield exactly the batches the original would
     have; taken during an epoch, it resumes at the next one (the current epoch's
@@ -227,6 +250,7 @@ class DeviceLoader:
         pad_mode: str = "constant",
         fill: float | Sequence[float] = 0.0,
         seed: int = 0,
+        passes: int = 1,
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
@@ -238,6 +262,8 @@ class DeviceLoader:
             raise ValueError(f"augment='crop_flip' needs NCHW images, got x of shape {tuple(x.shape)}")
         if not isinstance(pad, int) or pad < 0:
             raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes must be an int >= 1, got {passes!r}")
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if pad_mode == "reflect" and augment == "crop_flip" and pad >= min(x.shape[-2:]):
@@ -246,6 +272,7 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.augment, self.pad, self.pad_mode, self.fill = augment, pad, pad_mode, fill
+        self.passes = passes
         self.epoch = 0
         self._generator = torch.Generator().manual_seed(seed)
 
@@ -261,19 +288,19 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         """Number of batches in an epoch at the current batch size."""
-        n = len(self.x)
+        n = len(self.x) * self.passes
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
         n_batches = len(self)
         if n_batches == 0 and len(self.x) > 0:
             raise ValueError(
-                f"batch_size {self.batch_size} exceeds the {len(self.x)} examples: "
+                f"batch_size {self.batch_size} exceeds the {len(self.x) * self.passes} examples of an epoch: "
                 "with drop_last=True an epoch would have no batches"
             )
         # Drawn now, not lazily, so that state_dict() after iter() already covers this epoch.
-        plan = draw_epoch_plan(
-            len(self.x), shuffle=self.shuffle, augment=self.augment, pad=self.pad,
+        plan = draw_passes_plan(
+            len(self.x), passes=self.passes, shuffle=self.shuffle, augment=self.augment, pad=self.pad,
             generator=self._generator,
         )
         self.epoch += 1
@@ -284,7 +311,7 @@ class DeviceLoader:
         # one host-to-device copy per epoch, not per batch
         order, top, left, flip = (None if t is None else t.to(device) for t in plan)
         for k in range(n_batches):
-            start, stop = k * batch_size, min((k + 1) * batch_size, len(self.x))
+            start, stop = k * batch_size, min((k + 1) * batch_size, len(self.x) * self.passes)
             if order is None:
                 xb, yb = self.x[start:stop], self.y[start:stop]
             else:

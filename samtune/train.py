@@ -6,9 +6,16 @@ last record carries the trial's final result (final metrics and sharpness), so
 a sink that never regains control after its last report (a Ray Tune function
 trainable) can still close its MLflow run first.
 
+Training batches come from the device loader (crop and flip batched on the
+trial's device) or, when the recipe has per-image transforms (AutoAugment,
+RandomErasing), from worker processes (``config.pipeline``); either way an epoch
+is ``epoch_passes`` passes over the training set.  With ``cutmix_prob`` or
+``mixup_prob`` a batch may be mixed; its soft labels enter the loss of both
+passes of a SAM step, while the training error counts against the hard labels.
+
 A checkpoint is a plain dict of tensors and numbers (readable with
-``torch.load(weights_only=True)``): model, optimizer, loader and RNG state and
-the loop position, so that a resumed trial is identical to an uninterrupted one.
+``torch.load(weights_only=True)``): model, optimizer, loader, mixer and RNG state
+and the loop position, so that a resumed trial is identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from samtune import schema, sharpness
+from samtune.augment import BatchMixer, image_transform, to_uint8
 from samtune.config import TrialConfig
 from samtune.data import fixed_batches, load_dataset
 from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
 from samtune.schedules import TrialSchedule
+from samtune.worker_loader import WorkerLoader
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the batch mixer's generator state ("mixer")
 
 
 @dataclass
@@ -105,8 +114,8 @@ class Trial:
             adaptive=config.adaptive, eta=config.eta)
         self.two_pass = is_two_pass(self.optimizer)
         self.schedule = TrialSchedule.from_config(config)
-        self.loader = self.data.train_loader(batch_size=self.schedule.batch_size(0), seed=config.seed,
-                                             augment=None if config.augment else "none")
+        self.loader = build_train_loader(config, self.data, self.device, self.schedule.batch_size(0))
+        self.mixer = build_mixer(config, self.data)
         self.loss_fn = loss_function(config)
         self.state = LoopState()
 
@@ -118,6 +127,7 @@ class Trial:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
+            "mixer": {} if self.mixer is None else self.mixer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "epoch": self.state.epoch,
             "steps": self.state.steps,
@@ -135,6 +145,8 @@ class Trial:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
+        if self.mixer is not None:
+            self.mixer.load_state_dict(state["mixer"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -147,15 +159,19 @@ class Trial:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor,
+                   targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on batch x; the loss is taken against ``targets`` (soft labels of a
+        mixed batch; default y) in both passes, the error count against y."""
+        targets = y if targets is None else targets
         with self.autocast():
             outputs = self.model(x)
-            loss = self.loss_fn(outputs, y)
+            loss = self.loss_fn(outputs, targets)
         loss.backward()
         if self.two_pass:
             self.optimizer.first_step(zero_grad=True)
             with frozen_bn_stats(self.model), self.autocast():
-                self.loss_fn(self.model(x), y).backward()
+                self.loss_fn(self.model(x), targets).backward()
             self.optimizer.second_step(zero_grad=True)
         else:
             self.optimizer.step()
@@ -208,7 +224,8 @@ class Trial:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(progress, batch)
             set_rho(self.optimizer, self.schedule.rho(progress))
-            loss, errors = self.train_step(x, y)
+            x, targets = (x, y) if self.mixer is None else self.mixer(x, y)
+            loss, errors = self.train_step(x, y, targets)
             loss_sum += loss * y.numel()
             wrong += errors
             seen += y.numel()
@@ -299,10 +316,38 @@ def build_model(config: TrialConfig, data, device: torch.device):
     """The model and a copy of its initial parameters (seeded, so re-creating a
     trial gives the same initialization: a checkpoint need not store it)."""
     torch.manual_seed(config.seed)
+    vit_options = {}
+    if config.model in schema.VIT_MODELS:
+        vit_options = {"drop_path": config.drop_path, "spt": config.vit_spt, "lsa": config.vit_lsa}
     model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size, init=config.init).to(device)
+                         image_size=data.image_size, init=config.init, **vit_options).to(device)
     init_params = [p.detach().clone() for p in model.parameters()]
     return model, init_params
+
+
+def build_train_loader(config: TrialConfig, data, device: torch.device, batch_size: int):
+    """The training loader of ``config.pipeline``: batched crop and flip on the device, or
+    the per-image recipe in ``loader_workers`` worker processes. Crop and flip are the set's
+    own augmentation (none for digits) when ``augment`` is on, in both pipelines."""
+    crop_flip = config.augment and data.augment == "crop_flip"
+    if config.pipeline == "device":
+        return data.train_loader(batch_size=batch_size, seed=config.seed, passes=config.epoch_passes,
+                                 augment=None if config.augment else "none")
+    transform = image_transform(
+        size=data.image_size, pad=data.pad, mean=data.mean, std=data.std, crop_flip=crop_flip,
+        autoaugment=config.autoaugment, erasing=config.random_erasing,
+        erasing_max_area=config.random_erasing_max_area, erasing_aspect=config.random_erasing_aspect)
+    return WorkerLoader(to_uint8(data.train_x, data.mean, data.std), data.train_y, transform=transform,
+                        batch_size=batch_size, passes=config.epoch_passes, seed=config.seed,
+                        workers=config.loader_workers, device=device)
+
+
+def build_mixer(config: TrialConfig, data) -> BatchMixer | None:
+    if config.cutmix_prob + config.mixup_prob == 0:
+        return None
+    return BatchMixer(num_classes=data.num_classes, cutmix_prob=config.cutmix_prob,
+                      cutmix_alpha=config.cutmix_alpha, mixup_prob=config.mixup_prob,
+                      mixup_alpha=config.mixup_alpha, seed=config.seed)
 
 
 def final_metrics(record: dict[str, float]) -> dict[str, float]:
