@@ -1,4 +1,4 @@
-"""``samtune train | search | sharpness | report | ui``.
+"""``samtune train | search | sharpness | interpolate | report | ui``.
 
 Heavy libraries are imported inside each command so ``samtune --help`` is quick.
 A configuration mistake exits with status 2 and one message naming the key,
@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_tracking(p)
 
+    p = sub.add_parser("interpolate", help="loss and error along the line between two saved trials' models")
+    p.add_argument("run_a", metavar="RUN_A", help="MLflow run id or checkpoint path of θ₁ (a = 0)")
+    p.add_argument("run_b", metavar="RUN_B", help="MLflow run id or checkpoint path of θ₂ (a = 1)")
+    p.add_argument("--points", type=int, default=31, help="evenly spaced values of a (default 31)")
+    p.add_argument("--range", nargs=2, type=float, default=[-1.0, 2.0], metavar=("LO", "HI"),
+                   help="the values of a, with LO <= 0 and HI >= 1 (default -1 2)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="training examples to evaluate (default: train_eval_examples of RUN_A)")
+    p.add_argument("--out", default=None, help="output folder (default: interpolations/<RUN_A>-<RUN_B>)")
+    p.add_argument("--device", default="auto")
+    _add_tracking(p)
+
     p = sub.add_parser("report", help="sharpness-generalization report over a search's trials")
     p.add_argument("--experiment", default="samtune-default")
     p.add_argument("--search", default=None, help="parent run id of one search (default: all trials)")
@@ -74,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "search": cmd_search, "sharpness": cmd_sharpness,
-               "report": cmd_report, "ui": cmd_ui}[args.command]
+               "interpolate": cmd_interpolate, "report": cmd_report, "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
     except ConfigError as err:
@@ -119,6 +131,21 @@ def cmd_sharpness(args) -> int:
     width = max(map(len, values), default=10)
     for name, value in values.items():
         print(f"{name:<{width}}  {value:.6g}")
+    return 0
+
+
+# -- interpolate ----------------------------------------------------------------
+def cmd_interpolate(args) -> int:
+    from samtune import interpolation, schema
+
+    sources = (args.run_a, args.run_b)
+    out = Path(args.out or Path("interpolations") / "-".join(map(interpolation.source_label, sources)))
+    frame, run_id = interpolation.interpolate_runs(
+        sources, points=args.points, lo=args.range[0], hi=args.range[1], examples=args.examples,
+        out=out, device=args.device, tracking_uri=args.tracking_uri)
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\ncurve: {out / schema.ARTIFACT_INTERPOLATION_CSV}  figure: "
+          f"{out / schema.ARTIFACT_INTERPOLATION_PNG}\nMLflow run {run_id}")
     return 0
 
 

@@ -112,8 +112,12 @@ def load_saved_model(source: str, tracking_uri: str | None, device: str):
 def measure_saved_trial(source: str, *, names, device: str, tracking_uri: str | None) -> dict[str, float]:
     """Sharpness of a saved trial's weights, measured as the trial itself measures
     (same examples, same settings)."""
-    config, weights = load_saved_model(source, tracking_uri, device)
+    values, _ = saved_trial(*load_saved_model(source, tracking_uri, device)).measure_sharpness(names)
+    return values
+
+
+def saved_trial(config: TrialConfig, weights: dict) -> Trial:
+    """The trial of a saved config, its model holding the saved weights."""
     trial = Trial(config)
     trial.model.load_state_dict(weights)
-    values, _ = trial.measure_sharpness(names)
-    return values
+    return trial

@@ -32,6 +32,8 @@ from samtune import schema  # noqa: E402
 DEFAULT_DB = "mlflow.db"
 _ERROR_CHARS = 4000  # MLflow tags hold at most 8000 characters
 _SAFE_LITERAL = re.compile(r"[A-Za-z0-9_.:\-]+")
+_MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+INTERPOLATION_METRIC_PREFIX = "interp_"  # interp_<column of the curve>, step = index along a
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -312,6 +314,38 @@ class Tracker:
 
     def has_dataset(self, run_id: str) -> bool:
         return bool(self.client.get_run(run_id).inputs.dataset_inputs)
+
+    # -- interpolation runs --------------------------------------------------------
+    def run_experiment_id(self, run_id: str) -> str:
+        """The experiment of a run; an unknown run is a FileNotFoundError."""
+        try:
+            return self.client.get_run(run_id).info.experiment_id
+        except Exception as err:  # MlflowException
+            raise FileNotFoundError(f"no MLflow run {run_id!r} in {self.uri}: {err}") from None
+
+    def record_interpolation(self, experiment_id: str, runs: tuple[str, str], curve, *,
+                             params: dict[str, str], files: Iterable[str | Path]) -> str:
+        """One finished run of ``samtune interpolate``: tags ``samtune.kind`` and
+        the two runs, ``params``, metric ``interp_<column>`` at step i for the i-th
+        point of ``curve`` (a DataFrame), and ``files`` as artifacts."""
+        short = "-".join(Path(r).name[:8] for r in runs)
+        run = self.client.create_run(experiment_id, run_name=f"interpolate-{short}", tags={
+            schema.TAG_KIND: schema.KIND_INTERPOLATION, schema.TAG_INTERPOLATED_RUNS: ",".join(runs)})
+        run_id = run.info.run_id
+        try:
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            stamp = int(time.time() * 1000)
+            metrics = [Metric(INTERPOLATION_METRIC_PREFIX + column, float(value), stamp, step)
+                       for column in curve.columns for step, value in enumerate(curve[column])]
+            for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=metrics[start:start + _MAX_METRICS_PER_BATCH])
+            for path in files:
+                self.log_artifact(run_id, path)
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
 
     # -- artifacts -----------------------------------------------------------------
     def log_artifact(self, run_id: str, path: str | Path) -> None:

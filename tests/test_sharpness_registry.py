@@ -14,7 +14,7 @@ from samtune import sharpness
 FAST = {
     "harada": {"steps": 3}, "worst_linf": {"steps": 3}, "worst_linf_adaptive": {"steps": 3},
     "worst_l2": {"steps": 3}, "worst_l2_adaptive": {"steps": 3},
-    "avg_l2": {"samples": 3}, "avg_l2_adaptive": {"samples": 3},
+    "avg_l2": {"samples": 3}, "avg_l2_adaptive": {"samples": 3}, "avg_sphere": {"samples": 3},
     "keskar": {"steps": 3}, "hessian_max_eig": {"iters": 4},
     "hessian_trace": {"samples": 3, "deflation": 2},
 }

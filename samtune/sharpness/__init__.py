@@ -41,8 +41,10 @@ harada                worst-case linf, non-adaptive, ρ = 2e-4, 20 APGD steps (t
 worst_linf[_adaptive] worst-case m-sharpness, linf box (× |w| when adaptive)
 worst_l2[_adaptive]   worst-case m-sharpness, l2 ball (ellipsoid ‖δ/|w|‖ when adaptive)
 avg_l2[_adaptive]     average-case, Gaussian noise (× |w| when adaptive), + stderr
+avg_sphere            average-case on the sphere ‖δ‖ = ρ, δ = ρ z/‖z‖, + stderr
 keskar                Keskar ε-sharpness, box ε(|w|+1), percent of 1 + L
-ascent                L(w + ρ g/‖g‖) − L(w), SAM's own perturbation
+ascent                L(w + ρ g/‖g‖) − L(w), SAM's own perturbation, per batch
+ascent_full           the same with the gradient and loss of all the examples at once
 hessian_max_eig       λ_max by Lanczos, + residual
 hessian_trace         Hutchinson trace, Lanczos deflation as control variate, + stderr
 norm_param_l2         ‖w‖₂ (metric name as is)
@@ -55,8 +57,8 @@ norm_dist_from_init   ‖w − w₀‖₂ (needs ``init_params``)
 
 from samtune.sharpness._apgd import apgd_checkpoints
 from samtune.sharpness._result import Measurement
-from samtune.sharpness.ascent import ascent
-from samtune.sharpness.average_case import average_case
+from samtune.sharpness.ascent import ascent, ascent_full
+from samtune.sharpness.average_case import average_case, average_sphere
 from samtune.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
 from samtune.sharpness.keskar import keskar
 from samtune.sharpness.norms import distance_from_init, param_norm
@@ -78,7 +80,9 @@ __all__ = [
     "Measurement",
     "apgd_checkpoints",
     "ascent",
+    "ascent_full",
     "average_case",
+    "average_sphere",
     "distance_from_init",
     "get_measure",
     "hessian_max_eigenvalue",

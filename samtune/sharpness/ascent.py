@@ -10,6 +10,12 @@ For each batch S with gradient g = ∇L_S(w),
 size-weighted mean over batches. For a quadratic ``½ δᵀAδ + gᵀδ`` around w it
 equals ``ρ‖g‖ + ½ ρ² ĝᵀAĝ``.
 
+:func:`ascent_full` (``ascent_full``) takes one step for all the batches at once:
+g = ∇L_D(w), the size-weighted mean of the batch gradients, and the measure is
+``L_D(w + ρ g/‖g‖) − L_D(w)`` on all the examples, so it does not depend on the
+batch size m. By Jensen's inequality on the convex ρ‖·‖ term it is at most the
+per-batch ``ascent`` to first order (‖Σ ω_b g_b‖ ≤ Σ ω_b ‖g_b‖).
+
 Precision: a loss difference at small ρ — float32 (the default) or float64.
 """
 
@@ -46,3 +52,16 @@ def ascent(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
             delta = ascent_perturbation(surface.w0, gradient, rho, adaptive)
             total += weight * (surface.loss(surface.w0 + delta, b) - clean)
     return Measurement(total, iterations=1)
+
+
+def ascent_full(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
+                rho: float = 0.05, adaptive: bool = False,
+                dtype: torch.dtype | None = None) -> Measurement:
+    """Loss increase of all the examples along their full-batch normalized gradient."""
+    check_nonnegative("rho", rho)
+    check_bool("adaptive", adaptive)
+    with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
+        clean, gradient = surface.mean_loss_and_grad(surface.w0)
+        delta = ascent_perturbation(surface.w0, gradient, rho, adaptive)
+        value = surface.mean_loss(surface.w0 + delta) - clean
+    return Measurement(value, iterations=1)

@@ -26,8 +26,8 @@ from torch import nn
 from samtune import schema
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn
-from samtune.sharpness.ascent import ascent
-from samtune.sharpness.average_case import average_case
+from samtune.sharpness.ascent import ascent, ascent_full
+from samtune.sharpness.average_case import average_case, average_sphere
 from samtune.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
 from samtune.sharpness.keskar import keskar
 from samtune.sharpness.norms import distance_from_init, param_norm
@@ -99,11 +99,16 @@ def _specs() -> list[MeasureSpec]:
                     "average-case sharpness, Gaussian noise N(0, σ²I)", stochastic=True),
         MeasureSpec("avg_l2_adaptive", average_case, {"sigma": 0.05, "adaptive": True, "samples": 20},
                     "average-case sharpness, noise σ|w|⊙z", stochastic=True),
+        # ρ as ascent's, so the two compare a random direction with the gradient's
+        MeasureSpec("avg_sphere", average_sphere, {"rho": 0.05, "adaptive": False, "samples": 20},
+                    "average-case sharpness on the sphere ‖δ‖ = ρ, δ = ρ z/‖z‖", stochastic=True),
         MeasureSpec("keskar", keskar,
                     {"epsilon": 1e-3, "method": "apgd", "steps": 20},
                     "Keskar ε-sharpness, box ε(|w|+1), percent of 1 + L"),
         MeasureSpec("ascent", ascent, {"rho": 0.05, "adaptive": False},
                     "loss increase along the normalized batch gradient (SAM's step)"),
+        MeasureSpec("ascent_full", ascent_full, {"rho": 0.05, "adaptive": False},
+                    "loss increase of all examples along their normalized full-batch gradient"),
         MeasureSpec("hessian_max_eig", hessian_max_eigenvalue, {"iters": 50, "tol": 1e-3},
                     "top Hessian eigenvalue, Lanczos", stochastic=True),
         MeasureSpec("hessian_trace", hessian_trace, {"samples": 10, "deflation": 10},
