@@ -17,6 +17,15 @@ from samtune.train import loss_function
 MEAN, STD = CIFAR100_MEAN, CIFAR100_STD  # mean * 255 is not an integer: no pixel normalizes to exactly 0
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Per-image work is single-threaded; intra-op threads only contend on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def images(n, size=32, channels=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
