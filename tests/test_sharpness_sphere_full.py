@@ -30,7 +30,7 @@ def sampled_perturbations(w, samples, **settings):
         return outputs.sum()
 
     sharpness.average_sphere(Echo(w), recording_loss, [(torch.zeros(1), torch.zeros(1))],
-                             samples=samples, **settings)
+                             samples=samples, **({"antithetic": False} | settings))
     w0, *perturbed = seen  # the first evaluation is the clean loss
     assert torch.equal(w0, torch.as_tensor(w, dtype=torch.float64))
     return (torch.stack(perturbed) - w0).numpy()
@@ -92,8 +92,9 @@ def weights(batches):
     return sizes / sizes.sum()
 
 
+@pytest.mark.parametrize("antithetic", [False, True])
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_sphere_average_of_a_quadratic_is_half_rho_squared_trace_over_d(adaptive):
+def test_sphere_average_of_a_quadratic_is_half_rho_squared_trace_over_d(adaptive, antithetic):
     model, batches = regression_problem()
     rho = 0.5
     w = flat_w(model)
@@ -101,11 +102,21 @@ def test_sphere_average_of_a_quadratic_is_half_rho_squared_trace_over_d(adaptive
     curvature = [np.diag(a) @ (w ** 2) if adaptive else np.trace(a) for a in hessians(batches)]
     expected = 0.5 * rho ** 2 * np.dot(weights(batches), curvature) / d
     result = sharpness.average_sphere(model, mse, batches, rho=rho, adaptive=adaptive,
-                                      samples=400, seed=0)
+                                      samples=400, seed=0, antithetic=antithetic)
     assert result.stderr > 0 and result.iterations == 400
     assert abs(result.value - expected) < 4 * result.stderr
     # the check has teeth: the stderr is well below the value it brackets
     assert result.stderr < 0.25 * expected
+
+
+def test_antithetic_draws_cancel_the_first_order_term():
+    """For a quadratic, ½[L(w+δ) + L(w−δ)] − L(w) = ½ δᵀAδ exactly: what is left of the
+    noise is the spread of the curvature over directions, far below the one-sided
+    estimator's, whose draws carry ρ gᵀu/‖u‖."""
+    model, batches = regression_problem()
+    one_sided = sharpness.average_sphere(model, mse, batches, rho=0.5, samples=50, seed=1, antithetic=False)
+    paired = sharpness.average_sphere(model, mse, batches, rho=0.5, samples=50, seed=1, antithetic=True)
+    assert paired.stderr < one_sided.stderr / 3
 
 
 def test_sphere_is_registered_per_batch_with_a_stderr():

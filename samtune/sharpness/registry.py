@@ -100,7 +100,7 @@ def _specs() -> list[MeasureSpec]:
         MeasureSpec("avg_l2_adaptive", average_case, {"sigma": 0.05, "adaptive": True, "samples": 20},
                     "average-case sharpness, noise σ|w|⊙z", stochastic=True),
         # ρ as ascent's, so the two compare a random direction with the gradient's
-        MeasureSpec("avg_sphere", average_sphere, {"rho": 0.05, "adaptive": False, "samples": 20},
+        MeasureSpec("avg_sphere", average_sphere, {"rho": 0.05, "adaptive": False, "samples": 20, "antithetic": True},
                     "average-case sharpness on the sphere ‖δ‖ = ρ, δ = ρ z/‖z‖", stochastic=True),
         MeasureSpec("keskar", keskar,
                     {"epsilon": 1e-3, "method": "apgd", "steps": 20},
