@@ -21,6 +21,7 @@ from samtune.streaming import (
     EvalTotals,
     StreamingData,
     combine_totals,
+    decode_torchvision,
     eval_transform,
     open_streaming,
     shard_bounds,
@@ -188,6 +189,12 @@ def test_fixed_examples_are_the_first_training_images_in_order(data):
     assert torch.equal(first, x)
     with pytest.raises(ValueError, match=r"n must be an int in \[1, 21\]"):
         data.fixed_examples(22)
+
+
+def test_normalizing_after_the_transfer_equals_the_full_transform(data):
+    x, _ = data.fixed_examples(5)
+    per_image = torch.stack([eval_transform(SIZE)(decode_torchvision(data.train.path(i))) for i in range(5)])
+    assert torch.equal(x, per_image)
 
 
 def test_open_streaming_finds_imagenet_under_the_data_root(folder, tmp_path, monkeypatch):
