@@ -51,6 +51,7 @@ from samtune.config import (
     make_trial_config,
     parse_assignment,
 )
+from samtune.schedules import TrialSchedule
 
 SPACES_FOLDER = "search_spaces"  # inside the samtune package (package data)
 
@@ -357,13 +358,16 @@ class Objective(_Section):
 
 
 class Resources(_Section):
-    """Per trial; a fractional ``gpu`` packs several trials on one GPU."""
+    """Per trial; a fractional ``gpu`` packs several trials on one GPU.  With ``workers``
+    > 1 a trial is a data-parallel job of that many workers (Ray Train), and ``cpu`` and
+    ``gpu`` are what each worker gets."""
 
     cpu: Annotated[Number, Field(gt=0)] = 1
     gpu: Annotated[Number, Field(ge=0)] | None = None
+    workers: Annotated[int, Field(strict=True, ge=1)] = 1
 
     def as_dict(self) -> dict[str, float]:
-        return self.model_dump(exclude_none=True)
+        return self.model_dump(exclude_none=True, exclude_defaults=True) | {"cpu": self.cpu}
 
 
 def _check_loader_cpus(workers: int, resources: Mapping[str, float]) -> None:
@@ -507,7 +511,18 @@ class SearchSpec(_Section):
         if self.equal_budget is not None:
             self._budget = _equal_budget(self)
         _check_loader_cpus(base.loader_workers, self.resources)
+        _check_worker_batches(self)
         return self
+
+    @property
+    def workers(self) -> int:
+        """Data-parallel workers per trial (``resources.workers``)."""
+        return int(self.resources.get("workers", 1))
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What Ray reserves for each worker of a trial (the whole trial when workers = 1)."""
+        return {key: value for key, value in self.resources.items() if key != "workers"}
 
     @property
     def budget(self) -> tuple[int, str] | None:
@@ -591,14 +606,49 @@ def _equal_budget(spec: SearchSpec) -> int:
     return budget
 
 
+def stage_batches(values: Mapping[str, Any]) -> list[int]:
+    """Every global batch size a trial with ``values`` trains with, one per stage."""
+    config = make_trial_config(dict(values))
+    schedule = TrialSchedule.from_config(config)
+    return sorted({schedule.batch_size(epoch) for epoch in range(config.epochs)})
+
+
+def check_batches_split(values: Mapping[str, Any], workers: int, where: str = "trial") -> None:
+    """A data-parallel trial splits each global batch evenly across its workers."""
+    for batch in stage_batches(values):
+        if batch % workers:
+            stages = "" if batch == values.get("batch_size") else " (a stage of its growing batch)"
+            raise ValueError(f"{where}: batch {batch}{stages} does not split evenly across resources.workers = "
+                             f"{workers}; allowed: batch sizes that are multiples of {workers} in every stage "
+                             f"(batch_size, batch_growth_ratio, batch_max)")
+
+
+def _check_worker_batches(spec: SearchSpec) -> None:
+    """Grid cells and a fixed trial are checked now; a sampled batch is checked when
+    its trial starts (and recorded as failed, not retried)."""
+    if spec.workers == 1:
+        return
+    if spec.grid:
+        for label, values in _named_cells(spec):
+            check_batches_split(values, spec.workers, where=label)
+    elif not {d.key for d in spec.search} & {"batch_size", "batch_growth_ratio", "batch_stages", "batch_max",
+                                              "epochs"}:
+        check_batches_split(spec.trial, spec.workers)
+
+
+def _named_cells(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
+    """Each grid cell's trial values with its label, ``grid cell {axis: value, ...}``."""
+    names = [axis.name for axis in spec.grid]
+    combos = itertools.product(*(axis.choices for axis in spec.grid))
+    return [("grid cell {" + ", ".join(f"{name}: {value}" for name, value in zip(names, combo, strict=True)) + "}",
+             values) for combo, values in zip(combos, _grid_values(spec), strict=True)]
+
+
 def _check_grid_cells(spec: SearchSpec) -> None:
     """Every cell of a grid is known before launch, so the checks across keys (a ViT option
     on a CNN, lr_final <= lr, ...) are made for each one now, not when its trial starts."""
-    names = [axis.name for axis in spec.grid]
-    combos = itertools.product(*(axis.choices for axis in spec.grid))
-    for combo, values in zip(combos, _grid_values(spec), strict=True):
-        cell = ", ".join(f"{name}: {value}" for name, value in zip(names, combo, strict=True))
-        make_trial_config(values, where=f"grid cell {{{cell}}}")
+    for label, values in _named_cells(spec):
+        make_trial_config(values, where=label)
 
 
 def _grid_values(spec: SearchSpec) -> list[dict[str, Any]]:

@@ -308,6 +308,16 @@ def test_ray_address_resolution(monkeypatch):
     assert preflight.resolve_ray_address("auto").port == 9  # as Ray resolves auto
 
 
+def test_workers_of_a_data_parallel_trial_must_all_fit_at_once():
+    nodes = [{"node": "a", "CPU": 8, "GPU": 2}, {"node": "b", "CPU": 4, "GPU": 1}]
+    preflight.check_workers({"cpu": 2, "gpu": 1}, 3, nodes)  # 2 on a (its GPUs), 1 on b
+    preflight.check_workers({"cpu": 3}, 3, nodes)  # CPU only: 2 on a, 1 on b
+    with pytest.raises(ConfigError, match=r"resources.workers = 4: .* only 3 workers of 2 CPU and 1 GPU each"):
+        preflight.check_workers({"cpu": 2, "gpu": 1}, 4, nodes)
+    with pytest.raises(ConfigError, match=r"allowed: workers <= 3"):
+        preflight.check_workers({"cpu": 3}, 4, nodes)
+
+
 def test_resources_and_device_against_nodes():
     cpu_node = {"node": "a", "CPU": 8}
     gpu_node = {"node": "b", "CPU": 2, "GPU": 1}

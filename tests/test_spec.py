@@ -316,3 +316,19 @@ def test_describe_validates_each_sample():
     text = describe(parse_search_spec(spec_with()), count=3)
     assert text.startswith("# resolved search space") and "4 Optuna TPE samples" in text
     assert len([line for line in text.splitlines() if line.startswith("- {")]) == 3
+
+
+def test_data_parallel_workers_split_every_stage_of_the_global_batch():
+    spec = parse_search_spec(spec_with(resources={"cpu": 1, "workers": 4}, search=None,
+                                       trial={"batch_size": 16, "batch_growth_ratio": 2.0, "batch_stages": 3}))
+    assert (spec.workers, spec.worker_resources) == (4, {"cpu": 1})
+    with pytest.raises(ConfigError, match=r"batch 24 \(a stage of its growing batch\) does not split evenly across "
+                                          r"resources.workers = 16"):
+        parse_search_spec(spec_with(resources={"workers": 16}, search=None,
+                                    trial={"batch_size": 16, "batch_growth_ratio": 1.5, "batch_stages": 2}))
+    with pytest.raises(ConfigError, match=r"grid cell \{batch_size: 18\}: batch 18 does not split"):
+        parse_search_spec(spec_with(resources={"workers": 4}, search=None, grid={"batch_size": [16, 18]}))
+    for bad in (0, 1.5, "two"):
+        with pytest.raises(ConfigError, match="resources.workers"):
+            parse_search_spec(spec_with(resources={"workers": bad}))
+    assert "workers" not in parse_search_spec(spec_with()).resources  # one worker: as before

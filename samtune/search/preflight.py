@@ -527,6 +527,20 @@ def check_resources(resources: Mapping[str, float], nodes: list[Mapping[str, Any
                       f"start (nodes: {have}); allowed: {allowed}")
 
 
+def check_workers(resources: Mapping[str, float], workers: int, nodes: list[Mapping[str, Any]]) -> None:
+    """The cluster holds all ``workers`` of one data-parallel trial at once (Ray Train
+    starts a trial only when every worker is placed), each worker on one node."""
+    if workers == 1:
+        return
+    cpu, gpu = float(resources.get("cpu", 1)), float(resources.get("gpu", 0))
+    places = sum(min(math.floor(n.get("CPU", 0) / cpu + 1e-9),
+                     math.floor(n.get("GPU", 0) / gpu + 1e-9) if gpu else math.inf) for n in nodes)
+    if places < workers:
+        raise ConfigError(f"resources.workers = {workers}: the Ray cluster can place only {places:g} workers of "
+                          f"{cpu:g} CPU and {gpu:g} GPU each (nodes: {'; '.join(map(_node_text, nodes))}), so no "
+                          f"trial could ever start; allowed: workers <= {places:g}, or less cpu/gpu per worker")
+
+
 def check_device(spec: SearchSpec, resources: Mapping[str, float], nodes: list[Mapping[str, Any]]) -> None:
     """``trial.device`` cuda/cuda:N needs GPUs in the cluster and ``resources.gpu > 0``,
     and N below the GPUs a trial sees (Ray sets CUDA_VISIBLE_DEVICES per trial)."""

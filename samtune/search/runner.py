@@ -41,7 +41,7 @@ def configure_ray_environment(local: bool) -> None:
 def _default_resources(spec: SearchSpec) -> dict[str, float]:
     import ray
 
-    resources = dict(spec.resources)
+    resources = spec.worker_resources
     if "gpu" not in resources:
         resources["gpu"] = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     return resources
@@ -156,6 +156,7 @@ def _preflight(spec: SearchSpec, tracking_uri: str | None, address: str | None
         resources = _default_resources(spec)
         nodes = preflight.cluster_nodes()
         preflight.check_resources(resources, nodes)
+        preflight.check_workers(resources, spec.workers, nodes)
         preflight.check_device(spec, resources, nodes)
     except ConfigError:
         _shutdown_ray(started)
