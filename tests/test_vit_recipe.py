@@ -13,7 +13,8 @@ from samtune.worker_loader import WorkerLoader
 
 RECIPE = {"autoaugment": True, "random_erasing": 0.25, "cutmix_prob": 0.25, "mixup_prob": 0.25,
           "epoch_passes": 3, "label_smoothing": 0.1}
-FAST = {"batch_size": 32, "batch_stages": 1, "num_threads": 1, "sharpness": [], "train_eval_examples": 128, "device": "cpu"}
+FAST = {"batch_size": 32, "batch_stages": 1, "num_threads": 1, "sharpness": [], "train_eval_examples": 128,
+        "device": "cpu"}
 
 
 def test_both_sam_passes_see_the_same_mixed_batch():
