@@ -200,19 +200,19 @@ class FolderImages(Dataset):
 
 
 class SeededFolderImages(FolderImages):
-    """dataset[(i, epoch, position)] = image i transformed under image_seed(seed, epoch, position)."""
+    """dataset[(i, seed, epoch, position)] = image i transformed under image_seed(seed, epoch, position).
 
-    def __init__(self, samples: Samples, transform: Callable[[Tensor], Tensor], decoder: str, seed: int) -> None:
-        super().__init__(samples, transform, decoder)
-        self.seed = seed
+    The seed travels with every key rather than living here: persistent workers hold
+    copies of this object made when they started, which a resumed loader cannot reach.
+    """
 
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, int]:
-        index, epoch, position = key
+    def __getitem__(self, key: tuple[int, int, int, int]) -> tuple[Tensor, int]:
+        index, seed, epoch, position = key
         image = self.decode(self.samples.path(index))
         with torch.random.fork_rng(devices=[]):
             # v2 transforms draw only from the global CPU generator; not torch.manual_seed,
             # which also seeds every CUDA device
-            torch.default_generator.manual_seed(image_seed(self.seed, epoch, position))
+            torch.default_generator.manual_seed(image_seed(seed, epoch, position))
             return self.transform(image), int(self.samples.labels[index])
 
 
@@ -255,23 +255,23 @@ def _to_device(
 
 class ShareSampler:
     """Batch sampler: this rank's share of every global batch of the current epoch, as
-    (index, epoch, position) keys; the final partial global batch is dropped."""
+    (index, seed, epoch, position) keys; the final partial global batch is dropped."""
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
         self.order: Tensor | None = None
-        self.epoch = 0
+        self.seed = self.epoch = 0
         self.batch_size = 1
 
     def __len__(self) -> int:
         return 0 if self.order is None else len(self.order) // self.batch_size
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
         share = self.batch_size // self.world
         for k in range(len(self)):
             start = k * self.batch_size + self.rank * share
             indices = self.order[start : start + share].tolist()
-            yield [(i, self.epoch, start + j) for j, i in enumerate(indices)]
+            yield [(i, self.seed, self.epoch, start + j) for j, i in enumerate(indices)]
 
 
 class StreamingLoader:
@@ -318,9 +318,8 @@ class StreamingLoader:
         self.epoch = 0
         self.device, self.stats = torch.device(device), stats
         self._sampler = ShareSampler(rank, world)
-        self._dataset = SeededFolderImages(samples, transform, decoder, self.seed)
-        self._loader = _data_loader(self._dataset, workers=workers, device=self.device, prefetch=prefetch,
-                                    batch_sampler=self._sampler)
+        self._loader = _data_loader(SeededFolderImages(samples, transform, decoder), workers=workers,
+                                    device=self.device, prefetch=prefetch, batch_sampler=self._sampler)
 
     @property
     def batch_size(self) -> int:
@@ -352,7 +351,7 @@ class StreamingLoader:
             )
         # Set now, not lazily, so that state_dict() after iter() already covers this epoch.
         self._sampler.order = epoch_order(self.seed, self.epoch, len(self.samples), self.passes)
-        self._sampler.epoch, self._sampler.batch_size = self.epoch, self.batch_size
+        self._sampler.seed, self._sampler.epoch, self._sampler.batch_size = self.seed, self.epoch, self.batch_size
         self.epoch += 1
         return _to_device(self._loader, self.device, self.stats)
 
@@ -363,7 +362,7 @@ class StreamingLoader:
         missing = {"seed", "epoch"} - set(state)
         if missing:
             raise ValueError(f"loader state is missing keys {sorted(missing)}, got keys {sorted(state)}")
-        self.seed = self._dataset.seed = _check_int("seed", int(state["seed"]), 0)
+        self.seed = _check_int("seed", int(state["seed"]), 0)
         self.epoch = int(state["epoch"])
 
 

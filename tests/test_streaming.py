@@ -150,7 +150,8 @@ def test_state_dict_resumes_at_the_next_epoch(data):
     list(original)
     state = original.state_dict()
     expected = [x for x, _ in original]
-    resumed = data.train_loader(batch_size=4, seed=99)
+    resumed = data.train_loader(batch_size=4, seed=99, workers=2)
+    list(resumed)  # workers started under the other seed
     resumed.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(expected, (x for x, _ in resumed), strict=True))
     iter(original)  # state taken during an epoch resumes at the next one
