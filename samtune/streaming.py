@@ -2,7 +2,8 @@
 
 `open_streaming` scans `<root>/train/<class>/*` and `<root>/val/<class>/*` (or `test/`,
 the layout of ``imagefolder:`` sets) once into a `StreamingData`; DataLoader worker
-processes then decode and transform every image each time it is used. Labels follow
+processes then decode and crop every image each time it is used, and hand over uint8
+batches that are normalized once on the trial's device. Labels follow
 torchvision's ImageFolder: class index = position of the folder name in sorted order.
 
 Training (`StreamingLoader`) is built for data-parallel trials: an epoch is one
