@@ -92,6 +92,7 @@ def test_state_dict_resumes_exactly():
     state = loader.state_dict()
     expected = epochs(loader, [16, 32])
     resumed = recipe_loader(1, seed=5)
+    epochs(resumed, [16])  # its worker is running when the state arrives: seeds travel with the indices
     resumed.load_state_dict(state)
     assert resumed.epoch == 1
     got = epochs(resumed, [16, 32])
