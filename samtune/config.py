@@ -61,6 +61,9 @@ class HyperParams(ScheduleParams):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = True  # random crop (padding image_size // 8) and horizontal flip
     autoaugment: bool = False  # torchvision's AutoAugment, CIFAR-10 policy, per image
+    # where per-image policies (AutoAugment, RandomErasing) run: batched on the trial's
+    # device, or image by image in DataLoader worker processes (torchvision's transforms)
+    augment_pipeline: Literal[schema.PIPELINES] = "workers"
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets a box erased
     random_erasing_max_area: float = Field(0.4, gt=0.02, le=1.0)  # of the image; the least is 0.02
     random_erasing_aspect: float = Field(0.3, gt=0.0, le=1.0)  # box aspect in [a, 1/a]
@@ -104,7 +107,8 @@ class HyperParams(ScheduleParams):
     def pipeline(self) -> str:
         """Where training batches are made (``schema.PIPELINES``): per-image policies
         need worker processes; crop and flip run batched on the trial's device."""
-        return "workers" if self.autoaugment or self.random_erasing > 0 else "device"
+        per_image = self.autoaugment or self.random_erasing > 0
+        return self.augment_pipeline if per_image else "device"
 
     @property
     def evals_per_step(self) -> int:
