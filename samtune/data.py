@@ -30,6 +30,7 @@ from torch import Tensor
 
 from samtune import schema
 from samtune.data_files import TINY_IMAGENET_FOLDER, data_root, tiny_imagenet_missing
+from samtune.device_augment import DevicePolicy, PolicyDraws, policy_channels_check
 
 AUGMENTS = schema.AUGMENTS
 PAD_MODES = ("constant", "reflect")
@@ -96,13 +97,19 @@ class TensorData:
         )
 
     def train_loader(
-        self, *, batch_size: int, seed: int, augment: str | None = None, passes: int = 1
+        self, *, batch_size: int, seed: int, augment: str | None = None, passes: int = 1,
+        autoaugment: bool = False, erasing: float = 0.0, erasing_max_area: float = 0.4,
+        erasing_aspect: float = 0.3,
     ) -> DeviceLoader:
-        """Shuffled training loader with drop_last and this set's augmentation settings."""
+        """Shuffled training loader with drop_last and this set's augmentation settings, plus
+        the per-image policies (`samtune.device_augment`) batched on the set's device."""
+        policy = DevicePolicy(self.mean, self.std, autoaugment=autoaugment, erasing=erasing,
+                              erasing_max_area=erasing_max_area, erasing_aspect=erasing_aspect)
         return DeviceLoader(
             self.train_x, self.train_y, batch_size=batch_size, shuffle=True, drop_last=True,
             augment=self.augment if augment is None else augment,
             pad=self.pad, fill=self.pad_fill, seed=seed, passes=passes,
+            policy=policy if policy.active else None,
         )
 
     def eval_loader(self, split: str, *, batch_size: int) -> DeviceLoader:
@@ -235,6 +242,11 @@ class DeviceLoader:
 
     crop_flip pads by `pad` pixels with `fill` (a scalar or one value per channel; see
     TensorData.pad_fill) or, with pad_mode="reflect", by reflection.
+
+    A `policy` (AutoAugment, RandomErasing; `samtune.device_augment`) acts after crop and
+    flip, on whole batches. Its per-image draws (`PolicyDraws`) are the epoch plan's
+    companion: drawn from the same generator right after the plan, for every position of
+    the epoch, so they too resume with `state_dict()` and do not depend on batch size.
     """
 
     def __init__(
@@ -251,6 +263,7 @@ class DeviceLoader:
         fill: float | Sequence[float] = 0.0,
         seed: int = 0,
         passes: int = 1,
+        policy: DevicePolicy | None = None,
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
@@ -268,7 +281,10 @@ class DeviceLoader:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         if pad_mode == "reflect" and augment == "crop_flip" and pad >= min(x.shape[-2:]):
             raise ValueError(f"pad must be smaller than the image for pad_mode='reflect', got {pad!r}")
+        if policy is not None:
+            policy_channels_check(policy, x)
         self.x, self.y = x, y
+        self.policy = policy
         self.batch_size = batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.augment, self.pad, self.pad_mode, self.fill = augment, pad, pad_mode, fill
@@ -303,13 +319,18 @@ class DeviceLoader:
             len(self.x), passes=self.passes, shuffle=self.shuffle, augment=self.augment, pad=self.pad,
             generator=self._generator,
         )
+        draws = PolicyDraws(None, None)
+        if self.policy is not None:
+            draws = self.policy.draw(len(self.x) * self.passes, height=self.x.shape[-2], width=self.x.shape[-1],
+                                     generator=self._generator)
         self.epoch += 1
-        return self._batches(plan, self.batch_size, n_batches)
+        return self._batches(plan, draws, self.batch_size, n_batches)
 
-    def _batches(self, plan: EpochPlan, batch_size: int, n_batches: int):
+    def _batches(self, plan: EpochPlan, draws: PolicyDraws, batch_size: int, n_batches: int):
         device = self.x.device
-        # one host-to-device copy per epoch, not per batch
-        order, top, left, flip = (None if t is None else t.to(device) for t in plan)
+        # one host-to-device copy per epoch, not per batch; the AutoAugment draws stay on
+        # the CPU, where each batch's groups are planned without waiting on the device
+        order, top, left, flip, boxes = (None if t is None else t.to(device) for t in (*plan, draws.erasing))
         for k in range(n_batches):
             start, stop = k * batch_size, min((k + 1) * batch_size, len(self.x) * self.passes)
             if order is None:
@@ -322,6 +343,10 @@ class DeviceLoader:
                     xb, top[start:stop], left[start:stop], flip[start:stop],
                     pad=self.pad, pad_mode=self.pad_mode, fill=self.fill,
                 )
+            if self.policy is not None:
+                xb = self.policy.apply(
+                    xb, None if draws.autoaugment is None else draws.autoaugment[start:stop],
+                    None if boxes is None else boxes[start:stop])
             yield xb, yb
 
     def state_dict(self) -> dict[str, Any]:

@@ -326,13 +326,17 @@ def build_model(config: TrialConfig, data, device: torch.device):
 
 
 def build_train_loader(config: TrialConfig, data, device: torch.device, batch_size: int):
-    """The training loader of ``config.pipeline``: batched crop and flip on the device, or
-    the per-image recipe in ``loader_workers`` worker processes. Crop and flip are the set's
-    own augmentation (none for digits) when ``augment`` is on, in both pipelines."""
+    """The training loader of ``config.pipeline``: the whole recipe batched on the device
+    (crop and flip, AutoAugment, RandomErasing; samtune.device_augment), or the per-image
+    recipe in ``loader_workers`` worker processes. Crop and flip are the set's own
+    augmentation (none for digits) when ``augment`` is on, in both pipelines."""
     crop_flip = config.augment and data.augment == "crop_flip"
     if config.pipeline == "device":
-        return data.train_loader(batch_size=batch_size, seed=config.seed, passes=config.epoch_passes,
-                                 augment=None if config.augment else "none")
+        return data.train_loader(
+            batch_size=batch_size, seed=config.seed, passes=config.epoch_passes,
+            augment=None if config.augment else "none", autoaugment=config.autoaugment,
+            erasing=config.random_erasing, erasing_max_area=config.random_erasing_max_area,
+            erasing_aspect=config.random_erasing_aspect)
     transform = image_transform(
         size=data.image_size, pad=data.pad, mean=data.mean, std=data.std, crop_flip=crop_flip,
         autoaugment=config.autoaugment, erasing=config.random_erasing,
