@@ -62,8 +62,9 @@ class HyperParams(ScheduleParams):
     augment: bool = True  # random crop (padding image_size // 8) and horizontal flip
     autoaugment: bool = False  # torchvision's AutoAugment, CIFAR-10 policy, per image
     # where per-image policies (AutoAugment, RandomErasing) run: batched on the trial's
-    # device, or image by image in DataLoader worker processes (torchvision's transforms)
-    augment_pipeline: Literal[schema.PIPELINES] = "workers"
+    # device (samtune.device_augment, checked against torchvision's ops; no worker
+    # processes to starve the GPU), or image by image in DataLoader worker processes
+    augment_pipeline: Literal[schema.PIPELINES] = "device"
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets a box erased
     random_erasing_max_area: float = Field(0.4, gt=0.02, le=1.0)  # of the image; the least is 0.02
     random_erasing_aspect: float = Field(0.3, gt=0.0, le=1.0)  # box aspect in [a, 1/a]

@@ -70,7 +70,7 @@ def test_vit_spaces_are_the_papers_three_by_three_grid(space):
         assert (config.base_optimizer, config.lr, config.weight_decay, config.epochs) == ("adamw", 1e-3, 0.05, 100)
         assert (config.rho, config.alpha, config.label_smoothing, config.epoch_passes) == (0.6, 0.1, 0.1, 3)
         assert config.cutmix_prob + config.mixup_prob == 0.5 and config.random_erasing == 0.25
-        assert config.pipeline == "workers"
+        assert config.pipeline == "device"
 
 
 def test_plus_b_warmup_sits_in_the_first_stage_step_by_step():

@@ -12,7 +12,7 @@ from samtune.train import Trial, train
 from samtune.worker_loader import WorkerLoader
 
 RECIPE = {"autoaugment": True, "random_erasing": 0.25, "cutmix_prob": 0.25, "mixup_prob": 0.25,
-          "epoch_passes": 3, "label_smoothing": 0.1}
+          "epoch_passes": 3, "label_smoothing": 0.1, "augment_pipeline": "workers"}
 FAST = {"batch_size": 32, "batch_stages": 1, "num_threads": 1, "sharpness": [], "train_eval_examples": 128,
         "device": "cpu"}
 
