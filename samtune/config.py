@@ -73,6 +73,10 @@ class HyperParams(ScheduleParams):
     mixup_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is MixUp-ed
     mixup_alpha: float = Field(1.0, gt=0.0)  # MixUp's Beta(alpha, alpha) weight
     epoch_passes: int = Field(1, ge=1)  # passes over the training set per epoch, each freshly augmented
+    # read an image folder from disk every epoch with ImageNet's transforms instead of
+    # holding it in memory (always on for imagenet)
+    streaming: bool = False
+    image_size: int | None = Field(None, ge=8)  # a streamed set's crop size (default 224, ImageNet's)
     precision: Literal[schema.PRECISIONS] = "fp32"
     # when training ends besides ``epochs`` (then the most epochs a trial may take):
     # a criterion on the training set, checked after each epoch (every bound given
@@ -90,7 +94,8 @@ class HyperParams(ScheduleParams):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        _check_choice("dataset", value, schema.DATASETS, prefix=schema.IMAGEFOLDER_PREFIX)
+        _check_choice("dataset", value, schema.DATASETS + schema.STREAMING_DATASETS,
+                      prefix=schema.IMAGEFOLDER_PREFIX)
         return value
 
     @model_validator(mode="after")
@@ -103,6 +108,11 @@ class HyperParams(ScheduleParams):
             _check_budget(self, schedule)
         _check_recipe(self)
         return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether training reads the data set from disk each epoch (samtune.streaming)."""
+        return self.streaming or self.dataset in schema.STREAMING_DATASETS
 
     @property
     def pipeline(self) -> str:
@@ -168,6 +178,15 @@ def _check_recipe(hparams: HyperParams) -> None:
             if getattr(hparams, key) != HyperParams.model_fields[key].default:
                 raise ValueError(f"{key} = {getattr(hparams, key)!r} applies to the ViT models only "
                                  f"({', '.join(schema.VIT_MODELS)}); model = {hparams.model!r}")
+    if hparams.streaming and hparams.dataset in schema.DATASETS:
+        raise ValueError(f"streaming = true reads image folders (imagenet, {schema.IMAGEFOLDER_PREFIX}<path>); "
+                         f"dataset = {hparams.dataset!r} is held in memory")
+    if hparams.image_size is not None and not hparams.streams:
+        raise ValueError(f"image_size = {hparams.image_size} sets the crop of a streamed data set; "
+                         f"dataset = {hparams.dataset!r} is held in memory at its own size")
+    if hparams.streams and (hparams.autoaugment or hparams.random_erasing > 0):
+        raise ValueError("autoaugment and random_erasing run on in-memory data sets; a streaming data set "
+                         "gets ImageNet's transforms (random resized crop and flip)")
     if hparams.cutmix_prob + hparams.mixup_prob > 1:
         raise ValueError(f"cutmix_prob + mixup_prob = {hparams.cutmix_prob} + {hparams.mixup_prob} "
                          "must be <= 1: a batch is CutMix-ed, MixUp-ed or neither")

@@ -22,10 +22,13 @@ LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step"
              "diminishing_from1", "diminishing_klogk")
 LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
 RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
-DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")
+DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")  # held in memory (samtune.data)
+# read from image folders by loader workers, never held whole (samtune.streaming); an
+# image folder ("imagefolder:<path>") streams when the trial key ``streaming`` is on
+STREAMING_DATASETS = ("imagenet",)
 # training-split sizes, so budgets and batch sizes are checked before anything loads
 DATASET_TRAIN_SIZES = MappingProxyType({"digits": 797, "cifar10": 50_000, "cifar100": 50_000,
-                                        "tiny-imagenet": 100_000})
+                                        "tiny-imagenet": 100_000, "imagenet": 1_281_167})
 IMAGEFOLDER_PREFIX = "imagefolder:"  # dataset "imagefolder:<path>": any train/ test/ image folder
 MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "vit_small", "resnet50")
 VIT_MODELS = ("vit_tiny", "vit_small")  # the paper's ViTs: the only models with drop_path, vit_spt, vit_lsa

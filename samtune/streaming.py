@@ -34,12 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from samtune.data import DatasetNotFound
-from samtune.data_files import data_root
+from samtune.data_files import IMAGENET_FOLDER, data_root
 from samtune.schema import IMAGEFOLDER_PREFIX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_FOLDER = "imagenet"
 HELD_OUT_FOLDERS = ("val", "test")  # val/ is ImageNet's name, test/ the imagefolder: layout's
 SPLITS = ("train", "test")
 DECODERS = ("torchvision", "pil")
@@ -458,10 +457,12 @@ class StreamingData:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         decoder: str = "torchvision",
+        name: str | None = None,
     ) -> None:
         from torchvision.datasets.folder import find_classes
 
         _check_decoder(decoder)
+        self.name = name or f"{IMAGEFOLDER_PREFIX}{folder}"  # the trial's dataset key
         self.image_size = _check_int("size", size, 1)
         self.mean, self.std, self.decoder = tuple(mean), tuple(std), decoder
         self.folder = Path(folder).expanduser()
@@ -539,4 +540,4 @@ def open_streaming(
         folder = Path(name[len(IMAGEFOLDER_PREFIX):])
     else:
         raise ValueError(f"streaming dataset must be {IMAGENET_FOLDER!r} or 'imagefolder:<path>', got {name!r}")
-    return StreamingData(folder, size=size, mean=mean, std=std, decoder=decoder)
+    return StreamingData(folder, size=size, mean=mean, std=std, decoder=decoder, name=name)

@@ -167,6 +167,22 @@ def dataset_records(data, root: str | os.PathLike[str] | None = None) -> tuple[D
     return records
 
 
+def streamed_records(data, root: str | os.PathLike[str] | None = None) -> tuple[DatasetRecord, DatasetRecord]:
+    """The training and evaluation inputs of a streamed image folder
+    (:class:`~samtune.streaming.StreamingData`): its images are never loaded whole, so
+    the digest covers what defines the split, its relative file names and labels."""
+    source_type, source = dataset_source(data.name, root)
+
+    def record(samples, context: str) -> DatasetRecord:
+        digest = hashlib.sha256(b"\n".join(samples.files.tolist()))
+        digest.update(samples.labels.astype("<i8").tobytes())
+        profile = {"num_rows": len(samples), "num_classes": data.num_classes, "files": samples.folder}
+        return DatasetRecord(data.name[-_MAX_DATASET_NAME:], digest.hexdigest()[:DIGEST_CHARS], source_type,
+                             source, context, json.dumps(profile))
+
+    return record(data.train, TRAINING), record(data.test, EVALUATION)
+
+
 class Tracker:
     """samtune's runs in one MLflow store, through one client."""
 
@@ -306,11 +322,12 @@ class Tracker:
         """Record the data set a trial with ``config`` trains on.  It is loaded through
         ``samtune.train.cached_dataset`` with the arguments ``train()`` uses, so the
         trial then reuses it instead of loading it again."""
-        from samtune.train import cached_dataset, resolve_device
+        from samtune.train import resolve_device
+        from samtune.trial_data import open_trial_data
 
-        device = str(resolve_device(config.device))
-        data = cached_dataset(config.dataset, config.data_dir, device, config.download)
-        self.log_dataset(run_id, data, root=config.data_dir)
+        data = open_trial_data(config, resolve_device(config.device))
+        records = streamed_records(data, config.data_dir) if config.streams else dataset_records(data, config.data_dir)
+        self.client.log_inputs(run_id, datasets=[r.to_input() for r in records])
 
     def has_dataset(self, run_id: str) -> bool:
         return bool(self.client.get_run(run_id).inputs.dataset_inputs)

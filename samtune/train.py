@@ -21,7 +21,6 @@ and the loop position, so that a resumed trial is identical to an uninterrupted 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -34,13 +33,25 @@ import torch.nn.functional as F
 from samtune import schema, sharpness
 from samtune.augment import BatchMixer, image_transform, to_uint8
 from samtune.config import TrialConfig
-from samtune.data import fixed_batches, load_dataset
+from samtune.data import fixed_batches
 from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
+from samtune.optim.distributed import average_directions
+from samtune.replica import SINGLE, Replica
 from samtune.schedules import TrialSchedule
+from samtune.trial_data import (
+    EvalSplit,
+    cached_dataset,
+    first_examples,
+    image_shape,
+    open_trial_data,
+    test_split,
+    train_split,
+)
 from samtune.worker_loader import WorkerLoader
 
-CHECKPOINT_VERSION = 3  # 3: the batch mixer's generator state ("mixer")
+CHECKPOINT_VERSION = 4  # 3: the batch mixer's generator state ("mixer"); 4: every worker's RNG state
+__all__ = ["Trial", "TrialResult", "cached_dataset", "train"]
 
 
 @dataclass
@@ -100,24 +111,55 @@ def plain_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.T
 class Trial:
     """Model, optimizer, data and schedules of one trial, built from its config."""
 
-    def __init__(self, config: TrialConfig):
-        self.config = config
+    def __init__(self, config: TrialConfig, replica: Replica = SINGLE):
+        self.config, self.replica = config, replica
         self.device = resolve_device(config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.data = cached_dataset(config.dataset, config.data_dir, str(self.device), config.download)
-        self.model, self.init_params = build_model(config, self.data, self.device)
+        self.data = open_trial_data(config, self.device)
+        self.model, self.init_params = build_model(config, image_shape(self.data), self.device)
         self.optimizer = create_optimizer(
             self.model.parameters(), optimizer=config.optimizer,
             base_optimizer=config.base_optimizer, lr=config.lr, momentum=config.momentum,
             weight_decay=config.weight_decay, rho=config.rho, alpha=config.alpha,
             adaptive=config.adaptive, eta=config.eta)
         self.two_pass = is_two_pass(self.optimizer)
+        self.forward_model = self._data_parallel()
         self.schedule = TrialSchedule.from_config(config)
-        self.loader = build_train_loader(config, self.data, self.device, self.schedule.batch_size(0))
-        self.mixer = build_mixer(config, self.data)
+        self.loader = self._train_loader()
+        self.mixer = build_mixer(config, self.data.num_classes, seed=config.seed + replica.rank)
         self.loss_fn = loss_function(config)
         self.state = LoopState()
+
+    def _data_parallel(self) -> torch.nn.Module:
+        """The module training runs through: the model itself, or on several workers its
+        DistributedDataParallel wrapper with SAM's directions averaged (each worker
+        perturbs with its own gradient; samtune.optim.distributed)."""
+        if not self.replica.distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.two_pass:
+            average_directions(self.optimizer)
+        # dropout, drop_path and mixing draws differ per worker, as on separate machines
+        torch.manual_seed(self.config.seed * 1_000_003 + self.replica.rank)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _train_loader(self):
+        batch = self.schedule.batch_size(0)
+        if self.config.streams:
+            return self.data.train_loader(batch_size=batch, seed=self.config.seed, rank=self.replica.rank,
+                                          world=self.replica.world, passes=self.config.epoch_passes,
+                                          workers=self.config.loader_workers, device=self.device)
+        return build_train_loader(self.config, self.data, self.device, batch)
+
+    def _share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's share of a global batch (a streaming loader yields only that)."""
+        if not self.replica.distributed or self.config.streams:
+            return x, y
+        share = self.replica.share(len(y))
+        return x[share], y[share]
 
     # -- checkpoints ---------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -128,7 +170,7 @@ class Trial:
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
             "mixer": {} if self.mixer is None else self.mixer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self.replica.gather(torch.get_rng_state()),
             "epoch": self.state.epoch,
             "steps": self.state.steps,
             "samples_seen": self.state.samples_seen,
@@ -136,7 +178,7 @@ class Trial:
             "history": list(self.state.history),
         }
         if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            state["cuda_rng"] = self.replica.gather(torch.cuda.get_rng_state(self.device))
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -147,9 +189,12 @@ class Trial:
         self.loader.load_state_dict(state["loader"])
         if self.mixer is not None:
             self.mixer.load_state_dict(state["mixer"])
-        torch.set_rng_state(state["torch_rng"])
+        if len(state["torch_rng"]) != self.replica.world:
+            raise ValueError(f"the checkpoint was taken on {len(state['torch_rng'])} worker(s); a trial resumes "
+                             f"exactly only on as many, not on {self.replica.world}")
+        torch.set_rng_state(state["torch_rng"][self.replica.rank])
         if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            torch.cuda.set_rng_state(state["cuda_rng"][self.replica.rank], self.device)
         self.state = LoopState(state["epoch"], state["steps"], state["samples_seen"],
                                state["gradient_evaluations"], list(state["history"]))
 
@@ -164,19 +209,26 @@ class Trial:
         """One update on batch x; the loss is taken against ``targets`` (soft labels of a
         mixed batch; default y) in both passes, the error count against y."""
         targets = y if targets is None else targets
-        with self.autocast():
-            outputs = self.model(x)
-            loss = self.loss_fn(outputs, targets)
-        loss.backward()
+        # a SAM step's two passes stay local to each worker: only the final
+        # direction is averaged (in second_step); a one-pass step syncs in backward
+        with self._no_sync() if self.two_pass else contextlib.nullcontext():
+            with self.autocast():
+                outputs = self.forward_model(x)
+                loss = self.loss_fn(outputs, targets)
+            loss.backward()
+            if self.two_pass:
+                self.optimizer.first_step(zero_grad=True)
+                with frozen_bn_stats(self.model), self.autocast():
+                    self.loss_fn(self.forward_model(x), targets).backward()
         if self.two_pass:
-            self.optimizer.first_step(zero_grad=True)
-            with frozen_bn_stats(self.model), self.autocast():
-                self.loss_fn(self.model(x), targets).backward()
             self.optimizer.second_step(zero_grad=True)
         else:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), (outputs.detach().argmax(1) != y).sum()
+
+    def _no_sync(self):
+        return self.forward_model.no_sync() if self.replica.distributed else contextlib.nullcontext()
 
     # -- when training ends ----------------------------------------------------
     def budget_left(self) -> int | None:
@@ -219,7 +271,9 @@ class Trial:
             if left == 0:
                 break
             if self.config.budget_unit == "samples" and left is not None and left < len(y):
-                x, y = x[:left], y[:left]  # the budget ends inside this batch
+                x, y = x[:left], y[:left]  # the budget ends inside this batch (one worker only)
+            global_batch = len(y) * (self.replica.world if self.config.streams else 1)
+            x, y = self._share(x, y)
             progress = self.elapsed(epoch, i, steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(progress, batch)
@@ -230,38 +284,44 @@ class Trial:
             wrong += errors
             seen += y.numel()
             self.state.steps += 1
-            self.state.samples_seen += y.numel()
+            self.state.samples_seen += global_batch
             self.state.gradient_evaluations += self.config.evals_per_step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        return {"running_loss": (loss_sum / max(seen, 1)).item(),
-                "running_error": wrong.item() / max(seen, 1),
+        loss_total, wrong_total, seen = self.replica.sum([loss_sum.item(), float(wrong.item()), float(seen)])
+        return {"running_loss": loss_total / max(seen, 1), "running_error": wrong_total / max(seen, 1),
                 "lr": first_lr, "rho": first_rho, "batch_size": batch,
                 "epoch_seconds": seconds, "samples_per_second": seen / max(seconds, 1e-9)}
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """Mean plain cross-entropy and error over (x, y), in eval mode."""
+    def evaluate(self, split: EvalSplit) -> tuple[float, float]:
+        """Mean plain cross-entropy and error over a split, in eval mode (summed over
+        the workers when each holds a shard of it)."""
         was_training = self.model.training
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
-        for start in range(0, len(y), self.config.eval_batch_size):
-            xb = x[start:start + self.config.eval_batch_size]
-            yb = y[start:start + self.config.eval_batch_size]
+        count = 0
+        for xb, yb in split.batches:
             with self.autocast():
                 outputs = self.model(xb)
             loss_sum += F.cross_entropy(outputs.float(), yb, reduction="sum")
             wrong += (outputs.argmax(1) != yb).sum()
+            count += len(yb)
         self.model.train(was_training)
-        return loss_sum.item() / len(y), wrong.item() / len(y)
+        totals = [loss_sum.item(), float(wrong.item()), float(count)]
+        loss_total, wrong_total, count = self.replica.sum(totals) if split.sharded else totals
+        return loss_total / count, wrong_total / count
 
     def epoch_record(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
-        test_loss, test_error = self.evaluate(self.data.test_x, self.data.test_y)
+        self.replica.align_buffers(self.model)  # every worker evaluates (and saves) rank 0's model
+        batch = self.config.eval_batch_size
+        test_loss, test_error = self.evaluate(test_split(self.data, batch_size=batch, replica=self.replica,
+                                                         device=self.device, workers=self.config.loader_workers))
         n = self.config.train_eval_examples
         if n:
-            train_loss, train_error = self.evaluate(self.data.train_x[:n], self.data.train_y[:n])
+            train_loss, train_error = self.evaluate(train_split(*first_examples(self.data, n, self.device), batch))
         else:
             train_loss, train_error = stats["running_loss"], stats["running_error"]
         return {
@@ -277,13 +337,12 @@ class Trial:
         """The configured measures (or ``names``) of the model as it is now, on the
         fixed sharpness examples; returns (values, the measures' definitions)."""
         names = self.config.measures if names is None else names
-        if not names:
+        if not names or not self.replica.is_main:  # measured once, on rank 0's model
             return {}, {}
         # a set smaller than sharpness_examples is measured whole; the measures'
         # definitions record the number actually used
-        batches = fixed_batches(self.data.train_x, self.data.train_y,
-                                n_examples=min(self.config.sharpness_examples, len(self.data.train_y)),
-                                batch_size=self.config.sharpness_batch)
+        x, y = first_examples(self.data, self.config.sharpness_examples, self.device)
+        batches = fixed_batches(x, y, n_examples=len(y), batch_size=self.config.sharpness_batch)
         values = sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
                                        init_params=self.init_params, seed=self.config.seed)
         return values, sharpness.measure_settings(names, batches=batches)
@@ -305,22 +364,15 @@ class Trial:
                 "criterion_steps": record["steps"], "criterion_samples": record["samples_seen"]}
 
 
-@functools.lru_cache(maxsize=1)
-def cached_dataset(name: str, root: str | None, device: str, download: bool):
-    """The last data set loaded in this process: Ray reuses a worker for the next
-    trial, which then skips decoding the set again."""
-    return load_dataset(name, root=root, device=device, download=download)
-
-
-def build_model(config: TrialConfig, data, device: torch.device):
-    """The model and a copy of its initial parameters (seeded, so re-creating a
-    trial gives the same initialization: a checkpoint need not store it)."""
+def build_model(config: TrialConfig, shape: dict[str, int], device: torch.device):
+    """The model for images of ``shape`` (classes, channels, size) and a copy of its
+    initial parameters (seeded, so re-creating a trial gives the same initialization:
+    a checkpoint need not store it; every worker of a data-parallel trial starts alike)."""
     torch.manual_seed(config.seed)
     vit_options = {}
     if config.model in schema.VIT_MODELS:
         vit_options = {"drop_path": config.drop_path, "spt": config.vit_spt, "lsa": config.vit_lsa}
-    model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size, init=config.init, **vit_options).to(device)
+    model = create_model(config.model, **shape, init=config.init, **vit_options).to(device)
     init_params = [p.detach().clone() for p in model.parameters()]
     return model, init_params
 
@@ -346,12 +398,12 @@ def build_train_loader(config: TrialConfig, data, device: torch.device, batch_si
                         workers=config.loader_workers, device=device)
 
 
-def build_mixer(config: TrialConfig, data) -> BatchMixer | None:
+def build_mixer(config: TrialConfig, num_classes: int, seed: int) -> BatchMixer | None:
     if config.cutmix_prob + config.mixup_prob == 0:
         return None
-    return BatchMixer(num_classes=data.num_classes, cutmix_prob=config.cutmix_prob,
+    return BatchMixer(num_classes=num_classes, cutmix_prob=config.cutmix_prob,
                       cutmix_alpha=config.cutmix_alpha, mixup_prob=config.mixup_prob,
-                      mixup_alpha=config.mixup_alpha, seed=config.seed)
+                      mixup_alpha=config.mixup_alpha, seed=seed)
 
 
 def final_metrics(record: dict[str, float]) -> dict[str, float]:
@@ -363,14 +415,15 @@ def _is_finite(record: dict[str, float]) -> bool:
 
 
 def train(config: TrialConfig, sink: Sink | None = None,
-          resume: dict[str, Any] | None = None) -> TrialResult:
-    """Run one trial (optionally from a checkpoint dict) and return its result.
+          resume: dict[str, Any] | None = None, replica: Replica = SINGLE) -> TrialResult:
+    """Run one trial (optionally from a checkpoint dict) and return its result; on
+    several workers, this worker's part of it (``replica``).
 
     Training ends after ``epochs`` epochs, when the budget is spent (possibly
     inside an epoch, which is then recorded as the last one), or after the first
     epoch that meets the training criterion."""
     sink = sink or NullSink()
-    trial = Trial(config)
+    trial = Trial(config, replica)
     if resume is not None:
         trial.restore(resume)
     while not trial.done():

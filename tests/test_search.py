@@ -216,3 +216,58 @@ def test_equal_budget_grid_trains_every_cell_for_the_same_steps(tmp_path):
         assert run.data.params["budget"] == str(budget)
     constant = next(t for t in trials if t.data.params["schedule"] == "constant")
     assert constant.data.params["epochs"] == str(-(-budget // (797 // 128)))  # raised to hold it
+
+
+def data_parallel_failing_once(marker_dir):
+    """The data-parallel trainable whose rank 0 raises once, right after reporting
+    epoch 1 with its checkpoint, in the trial with eval_batch_size 512 only."""
+    from samtune.search.parallel import samtune_parallel_trial, train_worker
+
+    def worker_loop(loop_config):
+        from unittest import mock
+
+        import ray.train
+
+        report = ray.train.report
+        faulty = loop_config["values"]["eval_batch_size"] == 512 and ray.train.get_context().get_world_rank() == 0
+
+        def report_then_fail(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            if faulty and metrics.get("epoch") == 1:
+                try:
+                    os.close(os.open(os.path.join(marker_dir, "fault"), os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    return
+                raise RuntimeError("injected fault after epoch 1")
+
+        with mock.patch.object(ray.train, "report", report_then_fail):
+            train_worker(loop_config)
+
+    def trainable(hparams, context):
+        samtune_parallel_trial(hparams, context, worker_loop=worker_loop)
+
+    return trainable
+
+
+def test_two_worker_trials_record_one_run_each_and_resume_to_the_same_weights(tmp_path):
+    """Two identical two-worker trials (they differ in eval_batch_size, a run setting);
+    one fails after its first epoch and is retried from the Ray Train checkpoint."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    markers = tmp_path / "faults"
+    markers.mkdir()
+    spec = make_spec("parallel-e2e", samples=1, resources={"cpu": 0.45, "workers": 2}, max_failures=1,
+                     trial=TINY_TRIAL | {"epochs": 2, "batch_size": 32, "batch_growth_ratio": 2.0,
+                                         "batch_stages": 2, "optimizer": "gsam"},
+                     grid={"eval_batch_size": [256, 512]})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray"),
+                      trainable=data_parallel_failing_once(str(markers))) == 0
+    client, _, trials = children(uri, "parallel-e2e")
+    assert len(trials) == 2 and (markers / "fault").exists()  # one run per trial, retried into its own
+    finals = []
+    for run in trials:
+        assert run.data.tags["samtune.status"] == "completed"
+        history = client.get_metric_history(run.info.run_id, "samples_seen")
+        assert sorted((m.step, m.value) for m in history) == [(1, 24 * 32), (2, 24 * 32 + 12 * 64)]
+        finals.append({k: v for k, v in run.data.metrics.items() if k.startswith(("final_", "sharpness_", "norm_"))})
+    assert "sharpness_ascent" in finals[0]
+    assert finals[0] == finals[1]  # the retried trial ends on the same weights as its twin

@@ -35,10 +35,17 @@ class TrialContext:
     required_keys: tuple[str, ...] = ()
     # (budget, unit) of an equal-budget grid: every trial gets it (samtune.budgets)
     equal_budget: tuple[int, str] | None = None
+    # a data-parallel trial: its Ray Train workers, what each reserves, and where Ray
+    # Train keeps their runs (a retried or resumed trial continues from its checkpoint)
+    workers: int = 1
+    worker_resources: Mapping[str, float] = field(default_factory=dict)
+    parallel_storage: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+
+PARALLEL_FOLDER = "data_parallel"  # in the search's Ray folder: the trials' Ray Train runs
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -67,7 +74,7 @@ class TrackingCredentials:
 
 
 def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                  resources: Mapping[str, float]) -> TrialContext:
+                  resources: Mapping[str, float], ray_path: str = "") -> TrialContext:
     """The context every trial of ``spec`` runs with, from the spec and the resources
     one trial gets (which choose the default device and thread count)."""
     end_of_trial = tuple(m for m in spec.objective.metrics if m.startswith(schema.MEASURE_PREFIXES))
@@ -78,7 +85,8 @@ def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, pa
         tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
         run_settings=run_settings(spec.trial, resources), bundles=bundle_table(spec),
         end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)),
-        equal_budget=spec.budget)
+        equal_budget=spec.budget, workers=spec.workers, worker_resources=dict(resources),
+        parallel_storage=f"{ray_path.rstrip('/')}/{PARALLEL_FOLDER}" if ray_path else "")
 
 
 def run_settings(trial: Mapping[str, Any], resources: Mapping[str, float]) -> dict[str, Any]:

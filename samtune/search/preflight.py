@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 from samtune import schema
 from samtune.config import ConfigError, TrialConfig
-from samtune.data_files import TINY_IMAGENET_FOLDER, data_root, tiny_imagenet_missing
+from samtune.data_files import IMAGENET_FOLDER, TINY_IMAGENET_FOLDER, data_root, imagenet_missing, tiny_imagenet_missing
 from samtune.spec import Choice, SearchSpec
 
 TRACKING_TIMEOUT_S = 10.0
@@ -353,6 +353,11 @@ def check_dataset_present(dataset: str, root: Path, *, download: bool = False, c
         train_dir = root / TINY_IMAGENET_FOLDER / "train"
         if not any(entry.is_dir() for entry in os.scandir(train_dir)):
             raise ConfigError(f"{where}: {train_dir} has no class folders. {hint}")
+    elif dataset == "imagenet":
+        problem = imagenet_missing(root)
+        if problem:
+            raise ConfigError(f"{where}: {problem}; point trial.data_dir / $SAMTUNE_DATA at the folder that "
+                              f"contains {IMAGENET_FOLDER}. {hint}")
     return schema.DATASET_TRAIN_SIZES[dataset]
 
 

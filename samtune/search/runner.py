@@ -218,13 +218,16 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
     from ray import tune
 
     from samtune.search.callbacks import MlflowRunCloser, SearchProgress
+    from samtune.search.parallel import samtune_parallel_trial, trial_driver_resources
     from samtune.search.trainable import samtune_trial
 
     context = build_context(spec, tracking_uri=tracker.uri, experiment_id=experiment_id,
-                            parent_run_id=opened.parent_run_id, resources=resources)
+                            parent_run_id=opened.parent_run_id, resources=resources, ray_path=opened.ray_path)
     tracker.log_text(opened.parent_run_id, context.to_json(), schema.ARTIFACT_CONTEXT)
     credentials = TrackingCredentials.from_environment()
     extra = {"credentials": credentials} if credentials.variables else {}
+    if spec.workers > 1:  # the trial only drives its Ray Train workers, which reserve the resources
+        trainable, resources = trainable or samtune_parallel_trial, trial_driver_resources()
     bound = tune.with_resources(tune.with_parameters(trainable or samtune_trial, context=context, **extra),
                                 resources)
     print(f"search {spec.name!r}: {spec.total_trials} trials, {spec.concurrency} at a time; "

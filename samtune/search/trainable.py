@@ -25,7 +25,7 @@ from samtune.config import ConfigError, TrialConfig, make_trial_config
 from samtune.provenance import identity_tags
 from samtune.search.callbacks import TOTAL_EPOCHS_KEY
 from samtune.search.context import TrackingCredentials, TrialContext
-from samtune.spec import expand_bundles
+from samtune.spec import check_batches_split, expand_bundles
 from samtune.tracking import MlflowSink, Tracker
 
 CHECKPOINT_FILE = "trial.pt"
@@ -33,28 +33,39 @@ RUN_ID_KEY = "mlflow_run_id"  # the trial's MLflow run, stored in its checkpoint
 STATUS_KEY = "samtune_status"  # the trial's status in its last Tune result
 
 
+def result_metrics(context: TrialContext, record: dict[str, float], final, epochs: int | None) -> dict[str, Any]:
+    """One epoch as Tune's result: the record, the objective's end-of-trial metrics (NaN
+    until the end), the would-be final metrics, the planned ``epochs`` (for the driver's
+    progress display) and, at the end, the final result and status."""
+    metrics: dict[str, Any] = dict(record)
+    metrics.update({k: math.nan for k in context.end_of_trial_keys})
+    metrics.update({schema.FINAL_PREFIX + k: record[k] for k in schema.FINAL_OF})
+    if epochs is not None:
+        metrics[TOTAL_EPOCHS_KEY] = epochs
+    if final is not None:
+        metrics.update(final.final)
+        metrics[STATUS_KEY] = final.status
+    return metrics
+
+
 class RaySink:
-    """Sends each epoch to MLflow and to Tune, with a checkpoint.  Tune's result also
-    holds the trial's planned ``epochs``, for the driver's progress display."""
+    """Sends each epoch to MLflow and to Ray with a checkpoint: to Tune (``tune.report``)
+    or, on rank 0 of a data-parallel trial, to Ray Train (``ray.train.report``)."""
 
     def __init__(self, context: TrialContext, tracker: Tracker, run_id: str, config_yaml: str,
-                 epochs: int | None = None):
+                 epochs: int | None = None, report=None, checkpoint_type=None):
         self.context, self.run_id, self.epochs = context, run_id, epochs
         self.mlflow = MlflowSink(tracker, run_id, config_yaml)
+        self.report = report or tune.report
+        self.checkpoint_type = checkpoint_type or tune.Checkpoint
 
     def on_epoch(self, record, checkpoint, final) -> None:
-        self.mlflow.on_epoch(record, checkpoint, final)  # closes the run before Tune's last report
-        metrics = dict(record)
-        metrics.update({k: math.nan for k in self.context.end_of_trial_keys})
-        metrics.update({schema.FINAL_PREFIX + k: record[k] for k in schema.FINAL_OF})
-        if self.epochs is not None:
-            metrics[TOTAL_EPOCHS_KEY] = self.epochs
-        if final is not None:
-            metrics.update(final.final)
-            metrics[STATUS_KEY] = final.status
+        state = checkpoint()  # first: in a data-parallel trial every worker takes part in it
+        self.mlflow.on_epoch(record, checkpoint, final)  # closes the run before the last report
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(checkpoint() | {RUN_ID_KEY: self.run_id}, Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            torch.save(state | {RUN_ID_KEY: self.run_id}, Path(folder) / CHECKPOINT_FILE)
+            self.report(result_metrics(self.context, record, final, self.epochs),
+                        checkpoint=self.checkpoint_type.from_directory(folder))
 
 
 def samtune_trial(hparams: dict[str, Any], context: TrialContext,
@@ -62,27 +73,50 @@ def samtune_trial(hparams: dict[str, Any], context: TrialContext,
     """Ray Tune function trainable: one samtune trial."""
     from samtune.train import train
 
+    prepared = prepare_trial(hparams, context, credentials)
+    if prepared is None:
+        return
+    tracker, config, labels = prepared
+    resume = _load_checkpoint()
+    run_id = open_trial_run(context, tracker, config, labels, resume.pop(RUN_ID_KEY) if resume else None,
+                            resumed=resume is not None)
+    train(config, RaySink(context, tracker, run_id, config_yaml(config), config.epochs), resume=resume)
+
+
+def prepare_trial(hparams: dict[str, Any], context: TrialContext, credentials: TrackingCredentials | None
+                  ) -> tuple[Tracker, TrialConfig, dict[str, str]] | None:
+    """The trial's tracker, config and bundle labels; None for a combination no trial can
+    run, which is recorded as failed (and not retried)."""
     if credentials is not None:  # a worker on a node started without them
         credentials.apply()
-
     values, labels = expand_bundles({**hparams, **context.run_settings}, context.bundles)
     tracker = Tracker(context.tracking_uri)
     try:
         if context.equal_budget is not None:
             values = with_budget(values, *context.equal_budget)
         config = make_trial_config(values, where="trial")
-    except (ConfigError, ValueError) as err:  # a combination no trial can run: record, don't retry
+        if context.workers > 1:
+            check_batches_split(values, context.workers)
+    except (ConfigError, ValueError) as err:
         _record_invalid_trial(context, tracker, values, str(err))
-        return
-    resume = _load_checkpoint()
-    run_id = resume.pop(RUN_ID_KEY) if resume else None
+        return None
+    return tracker, config, labels
+
+
+def open_trial_run(context: TrialContext, tracker: Tracker, config: TrialConfig, labels: dict[str, str],
+                   run_id: str | None, resumed: bool) -> str:
+    """The trial's MLflow run (see :func:`_open_run`), with its data set logged unless
+    a checkpoint says it already has it."""
     run_id = _open_run(context, tracker, config, labels, run_id)
     # a new run, or one an earlier attempt opened (and died in) before its first
     # checkpoint; a run resumed from a checkpoint has its data set already
-    if resume is None and not tracker.has_dataset(run_id):
+    if not resumed and not tracker.has_dataset(run_id):
         tracker.log_trial_dataset(run_id, config)
-    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    train(config, RaySink(context, tracker, run_id, config_yaml, config.epochs), resume=resume)
+    return run_id
+
+
+def config_yaml(config: TrialConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 def _load_checkpoint() -> dict[str, Any] | None:
