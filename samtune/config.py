@@ -56,6 +56,11 @@ class HyperParams(ScheduleParams):
     alpha: float = Field(0.1, ge=0.0)
     adaptive: bool = False
     eta: float = Field(0.0, ge=0.0)
+    # when the two-pass update applies (SAM family only): from this fraction of training
+    # on (late SAM, Zhou et al. 2025), and then every sam_every-th step (LookSAM-style);
+    # the other steps are base-optimizer steps on the plain gradient
+    sam_start: float = Field(0.0, ge=0.0, lt=1.0)
+    sam_every: int = Field(1, ge=1)
     # loss and data: the training recipe (Harada's ViT runs: label smoothing 0.1,
     # AutoAugment, RandomErasing 0.25, CutMix or MixUp on half the batches, 3 passes)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -86,6 +91,9 @@ class HyperParams(ScheduleParams):
     budget: int | None = Field(None, ge=1)
     budget_unit: Literal[schema.BUDGET_UNITS] = "steps"
     # measurement protocol
+    probes: bool = False  # per-epoch theory probes (schema.PROBE_METRICS)
+    probe_examples: int = Field(256, ge=2)  # the fixed probe set: the first training examples
+    probe_batches: int = Field(4, ge=2)  # mini-batches drawn to estimate the direction's deviation
     train_eval_examples: int = Field(10_000, ge=0)
     sharpness: tuple[MeasureKey, ...] | None = None
     sharpness_examples: int = Field(1024, ge=1)
@@ -187,6 +195,9 @@ def _check_recipe(hparams: HyperParams) -> None:
     if hparams.streams and (hparams.autoaugment or hparams.random_erasing > 0):
         raise ValueError("autoaugment and random_erasing run on in-memory data sets; a streaming data set "
                          "gets ImageNet's transforms (random resized crop and flip)")
+    if hparams.optimizer in schema.ONE_PASS_OPTIMIZERS and (hparams.sam_start or hparams.sam_every != 1):
+        raise ValueError(f"sam_start and sam_every choose when a SAM-family step takes its two passes; "
+                         f"optimizer = {hparams.optimizer!r} always takes one")
     if hparams.cutmix_prob + hparams.mixup_prob > 1:
         raise ValueError(f"cutmix_prob + mixup_prob = {hparams.cutmix_prob} + {hparams.mixup_prob} "
                          "must be <= 1: a batch is CutMix-ed, MixUp-ed or neither")

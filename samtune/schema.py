@@ -50,7 +50,8 @@ BUDGET_UNITS = ("steps", "samples", "gradient_evaluations")
 RUN_SETTINGS = ("data_dir", "download", "device", "num_threads", "eval_batch_size", "loader_workers")
 # Hyperparameters that fix how a trial is measured, not how it is trained: a report
 # never takes them for searched axes (the measures' own definitions cover them).
-MEASUREMENT_KEYS = ("sharpness", "sharpness_examples", "sharpness_batch", "train_eval_examples")
+MEASUREMENT_KEYS = ("sharpness", "sharpness_examples", "sharpness_batch", "train_eval_examples",
+                    "probes", "probe_examples", "probe_batches")
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ def measure_metric_names(names: tuple[str, ...] | None) -> tuple[str, ...]:
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "gen_gap", "lr",
                  "batch_size", "rho", "steps", "samples_seen", "gradient_evaluations",
                  "epoch_seconds", "samples_per_second")
+# per-epoch probes of Harada & Iiduka's theory (trial key ``probes``), on a fixed probe
+# set: ‖∇f_SAM(x)‖², the squared norm of the full-batch SAM/GSAM direction, and the mean
+# squared deviation of the mini-batch direction from it at the epoch's batch size
+PROBE_METRICS = ("probe_sam_grad_sq", "probe_direction_msd")
 FINAL_PREFIX = "final_"
 # the per-epoch metrics whose last value is a trial's final result
 FINAL_OF = ("test_error", "train_error", "gen_gap", "test_loss", "train_loss",
