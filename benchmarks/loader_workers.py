@@ -1,12 +1,14 @@
 """Images per second of the ViT recipe's per-image pipeline in 0, 1, 2 ... DataLoader workers,
-against the on-device loader (batched crop + flip) on the same images, and the time of one
-ViT-T training pass, so the two rates can be compared.
+against the on-device loader with the whole recipe batched (samtune.device_augment) and with
+crop + flip only, on the same images, and the time of one ViT-T training pass, so the rates
+can be compared.
 
 Per-image recipe (samtune.augment.image_transform): flip, crop (pad 4), AutoAugment
 (CIFAR-10 policy), to float + normalize, RandomErasing (p 0.25), on 32x32x3 uint8 images,
-through samtune.worker_loader.WorkerLoader. Every loader gets one warm-up epoch (worker
-start-up, allocator); then every loader is timed over one epoch per round, the loaders
-interleaved, and the median round is reported; the ratios are taken in one run.
+through samtune.worker_loader.WorkerLoader; the same recipe batched through DeviceLoader with a
+DevicePolicy. Every loader gets one warm-up epoch (worker start-up, allocator); then every
+loader is timed over one epoch per round, the loaders interleaved, and the median round is
+reported; the ratios are taken in one run.
 
     python benchmarks/loader_workers.py                       # 8192 synthetic images, batch 512
     python benchmarks/loader_workers.py --workers 0 4 8 16 --images 51200 --device cuda --vit-batch 512 --bf16
@@ -16,9 +18,11 @@ import argparse
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from samtune.augment import image_transform, seeded
 from samtune.data import CIFAR100_MEAN, CIFAR100_STD, DeviceLoader, TensorData
+from samtune.device_augment import APPLIED, NEGATED, POLICY, VARIANT_TABLE
 from samtune.models import create_model
 from samtune.worker_loader import WorkerLoader
 
@@ -43,6 +47,44 @@ def images_per_cpu_second(transform, pixels):
     for seed, image in enumerate(pixels):
         seeded(transform, image, seed)
     return len(pixels) / (time.process_time() - start)
+
+
+class CountOps(TorchDispatchMode):
+    """Counts ATen operator calls (views included): an upper bound on a GPU's kernel launches."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def device_recipe_costs(loader, batches=4):
+    """(ATen calls, v2.functional op calls) per batch of the device recipe, over `batches` batches:
+    one op call per distinct (op, magnitude, sign) drawn at each of the two op positions."""
+    epoch = iter(loader)
+    with CountOps() as counter:
+        for _ in range(batches):
+            next(epoch)
+    draws = loader.policy.draw(loader.batch_size * batches, height=32, width=32,
+                               generator=torch.Generator().manual_seed(0)).autoaugment.long()
+    groups = 0
+    for rows in draws.split(loader.batch_size):
+        for position in range(2):
+            applied = rows[:, APPLIED][:, position].bool()
+            variants = VARIANT_TABLE[position, rows[applied, POLICY], rows[applied][:, NEGATED][:, position]]
+            groups += len(variants.unique())
+    return counter.count / batches, groups / batches
+
+
+def images_per_cpu_second_of(loader):
+    """Images of one epoch of `loader` per second of this process's CPU time."""
+    start, seen = time.process_time(), 0
+    for x, _ in loader:
+        seen += len(x)
+    return seen / (time.process_time() - start)
 
 
 def vit_forward_flops(model, image_size=32, patch=4):
@@ -113,7 +155,8 @@ def main():
           f"main-process torch threads {args.threads}")
 
     loaders = {"device": DeviceLoader(data.train_x, data.train_y, batch_size=args.batch_size,
-                                      augment="crop_flip", pad=4, fill=data.pad_fill, seed=0)}
+                                      augment="crop_flip", pad=4, fill=data.pad_fill, seed=0),
+               "device recipe": data.train_loader(batch_size=args.batch_size, seed=0, autoaugment=True, erasing=0.25)}
     for workers in args.workers:
         loaders[workers] = WorkerLoader(pixels, labels, transform=transform, batch_size=args.batch_size, seed=0,
                                         workers=workers, device=device)
@@ -125,8 +168,15 @@ def main():
         for key, loader in loaders.items():
             rounds[key].append(images_per_second(loader, device))
     rates = {key: sorted(values)[len(values) // 2] for key, values in rounds.items()}
-    device_rate = rates.pop("device")
+    device_rate, recipe_rate = rates.pop("device"), rates.pop("device recipe")
     print(f"DeviceLoader, crop + flip batched      : {device_rate:10,.0f} images/s")
+    print(f"DeviceLoader, full recipe batched      : {recipe_rate:10,.0f} images/s (rounds "
+          f"{', '.join(f'{r:,.0f}' for r in rounds['device recipe'])})")
+    recipe_cpu = images_per_cpu_second_of(loaders["device recipe"])
+    calls, groups = device_recipe_costs(loaders["device recipe"])
+    print(f"  full recipe batched in-process: {recipe_cpu:,.0f} images per CPU-second = {1e6 / recipe_cpu:.0f} us "
+          f"per image; per batch of {args.batch_size}: {groups:.0f} v2.functional op calls, {calls:,.0f} ATen "
+          f"operator calls (views included)")
     for workers in args.workers:
         print(f"WorkerLoader, full recipe, {workers:2d} worker(s): {rates[workers]:10,.0f} images/s "
               f"(device loader / this = {device_rate / rates[workers]:.1f}x; rounds "
@@ -151,7 +201,8 @@ def main():
         rate = args.gpu_tflops * 1e12 * args.utilization / step_per_image
         print(f"ESTIMATE, not a measurement: a GPU at {args.utilization:.0%} of {args.gpu_tflops:g} TFLOP/s consumes "
               f"{rate:,.0f} images/s ({args.batch_size / rate * 1e3:.1f} ms per "
-              f"step at batch {args.batch_size}) = {rate / per_core:.0f} workers at {per_core:,.0f} images/s each")
+              f"step at batch {args.batch_size}) = {rate / per_core:.0f} workers at {per_core:,.0f} images/s each; "
+              f"with the recipe batched on the device: no workers")
 
 
 if __name__ == "__main__":
