@@ -614,7 +614,12 @@ def stage_batches(values: Mapping[str, Any]) -> list[int]:
 
 
 def check_batches_split(values: Mapping[str, Any], workers: int, where: str = "trial") -> None:
-    """A data-parallel trial splits each global batch evenly across its workers."""
+    """A data-parallel trial splits each global batch evenly across its workers (so a
+    samples budget, which may end inside a batch, is for single-worker trials)."""
+    if values.get("budget") is not None and values.get("budget_unit") == "samples":
+        raise ValueError(f"{where}: budget_unit = 'samples' may end inside a global batch, which "
+                         f"resources.workers = {workers} could not split evenly; allowed with workers > 1: "
+                         f"budget_unit steps or gradient_evaluations")
     for batch in stage_batches(values):
         if batch % workers:
             stages = "" if batch == values.get("batch_size") else " (a stage of its growing batch)"
@@ -848,6 +853,10 @@ def describe(spec: SearchSpec, count: int = 5) -> str:
         values, _ = expand_bundles({**spec.trial, **sample}, bundles)
         make_trial_config(values, where=f"sample {i}")
         lines.append(f"- {sample}")
+    if spec.workers > 1:
+        each = ", ".join(f"{value:g} {key.upper()}" for key, value in spec.worker_resources.items())
+        lines.append(f"# each trial: {spec.workers} data-parallel workers of {each}; every global batch is "
+                     f"split in {spec.workers}, m-sharpness with m = batch / {spec.workers}")
     if spec.budget:
         budget, unit = spec.budget
         lines.append(f"# equal budget: every cell trains for {budget} {unit}; epochs per cell: "

@@ -331,4 +331,18 @@ def test_data_parallel_workers_split_every_stage_of_the_global_batch():
     for bad in (0, 1.5, "two"):
         with pytest.raises(ConfigError, match="resources.workers"):
             parse_search_spec(spec_with(resources={"workers": bad}))
+    with pytest.raises(ConfigError, match="budget_unit = 'samples' may end inside a global batch"):
+        parse_search_spec(spec_with(resources={"workers": 2}, search=None,
+                                    trial={"batch_size": 16, "budget": 2000, "budget_unit": "samples"}))
     assert "workers" not in parse_search_spec(spec_with()).resources  # one worker: as before
+
+
+def test_imagenet_space_is_eight_worker_trials_of_the_cnn_script():
+    spec = load_search_spec("harada2024_imagenet_resnet50")
+    assert spec.workers == 8 and spec.worker_resources["gpu"] == 1
+    cells = spec.cells()
+    assert len(cells) == 9 and {c["dataset"] for c in cells} == {"imagenet"}
+    assert {(c["lr"], c["momentum"], c["weight_decay"], c["rho"], c["alpha"]) for c in cells} == {
+        (0.1, 0.0, 0.0, 0.05, 0.02)}
+    text = describe(spec)
+    assert "8 data-parallel workers of 6 CPU, 1 GPU" in text and "m = batch / 8" in text
