@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import definitions, figures, schema
+from analysis import definitions, figures, probes, schema
 from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, TrainingFit, exclusion_phrases
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
 from analysis.granulated import agreement_table
 from analysis.load import TrialTable, grouping_keys, load_histories, load_trials, mlflow_client, searched_axes
 from analysis.render import Document, FigureRef, Section, render_html, render_markdown
+from analysis.search_view import SearchView, build_search_view
 from analysis.summary import SummaryInputs, summarize
 from analysis.tables import Grouping, choose_grouping, group_table, with_schedule
 
@@ -75,9 +76,11 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     (out / "figures").mkdir(parents=True, exist_ok=True)
     history = load_histories(table.tracking_uri, usable[schema.RUN_ID].tolist())
     figure_refs = _write_figures(out, usable, history, results, measures, targets, options)
+    search = _search_view(out, table, usable, history, axes, measures, options)
+    figure_refs["search"] = list(search.figures)
     compute = [c for c in schema.COMPUTE if c in usable and usable[c].notna().any()]
     groups = group_table(usable, grouping, values=[targets[0], *compute, *measures])
-    csvs = _write_tables(out, table, usable, results, groups, history)
+    csvs = _write_tables(out, table, usable, results, groups, history, search.tables)
 
     inputs = SummaryInputs(experiment, search_run_id, len(usable), table.exclusion_kinds(), axes,
                            int(usable[schema.SEED].nunique()) if schema.SEED in usable else 1,
@@ -86,7 +89,7 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     paragraphs = summarize(inputs, targets)
     document = Document(f"Sharpness and generalization: {experiment}", tuple(paragraphs),
                         _sections(table, axes, results, groups, grouping, targets, measures, figure_refs,
-                                  options, compute))
+                                  options, compute, search))
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(render_html(document, out), encoding="utf-8")
     md_path.write_text(render_markdown(document), encoding="utf-8")
@@ -151,8 +154,19 @@ def _write_figures(out: Path, usable: pd.DataFrame, history: pd.DataFrame, resul
     return refs
 
 
+def _search_view(out: Path, table: TrialTable, usable: pd.DataFrame, history: pd.DataFrame,
+                 axes: Sequence[str], measures: Sequence[str], options: FitOptions) -> SearchView:
+    """The search's own sections (importance, parallel coordinates, Pareto front), then the
+    theory probes."""
+    view = build_search_view(usable, tracking_uri=table.tracking_uri, declared=table.declared_search_keys,
+                             axes=axes, measures=measures, out=out, seed=options.seed, save=_save)
+    probe = probes.probes_section(usable, history, tracking_uri=table.tracking_uri, out=out, save=_save)
+    return SearchView((*view.sections, probe), (*view.figures, *probe.figures), view.tables, view.methods)
+
+
 def _write_tables(out: Path, table: TrialTable, usable: pd.DataFrame, results: FitResults,
-                  groups: pd.DataFrame, history: pd.DataFrame) -> dict[str, Path]:
+                  groups: pd.DataFrame, history: pd.DataFrame,
+                  extra: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
     trials = with_schedule(table.trials)
     trials[schema.GROUP] = trials[schema.RUN_ID].map(usable.set_index(schema.RUN_ID)[schema.GROUP])
     frames = {
@@ -162,6 +176,7 @@ def _write_tables(out: Path, table: TrialTable, usable: pd.DataFrame, results: F
         "regression_terms": results.regression_terms,
         "groups": groups,
         "history": history,
+        **(extra or {}),
     }
     paths = {}
     for name, frame in frames.items():
@@ -234,7 +249,7 @@ def groups_display(groups: pd.DataFrame, grouping: Grouping, values: Sequence[st
 def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, groups: pd.DataFrame,
               grouping: Grouping, targets: Sequence[str], measures: Sequence[str],
               refs: dict[str, list[FigureRef]], options: FitOptions,
-              compute: Sequence[str] = ()) -> tuple[Section, ...]:
+              compute: Sequence[str] = (), search: SearchView | None = None) -> tuple[Section, ...]:
     level = f"{options.confidence_level:.0%}"
     # a measure split by definition changes what every table below means: say so first
     sections = [_definitions_section(table)] if table.split_measures else []
@@ -259,11 +274,13 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
                             table=groups_display(groups, grouping, [targets[0], *measures], compute)))
     if refs["curves"]:
         sections.append(Section("Training curves", figures=tuple(refs["curves"])))
+    if search is not None:
+        sections += search.sections
     sections.append(_axes_section(axes, results, targets[0]))
     if not table.split_measures:
         sections.append(_definitions_section(table))
     sections.append(_trials_section(table))
-    sections.append(Section("Methods", _METHODS))
+    sections.append(Section("Methods", _METHODS + (search.methods if search is not None else ())))
     return tuple(sections)
 
 

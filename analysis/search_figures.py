@@ -1,0 +1,144 @@
+"""Figures of the search itself: parallel coordinates over the searched keys, the
+Pareto front of a two-metric objective, and the theory probes per epoch.
+
+Like :mod:`analysis.figures` they build a ``matplotlib.figure.Figure`` without
+pyplot and never save it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import schema
+from analysis.figures import group_colors
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
+LOG_RATIO = 100.0
+
+
+def _wide_positive(values: np.ndarray, ratio: float = LOG_RATIO) -> bool:
+    finite = values[np.isfinite(values)]
+    return bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > ratio)
+
+
+def _scaled(values: pd.Series, dist: BaseDistribution | None) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Values mapped onto [0, 1] and the ticks (position, label) of their axis: a
+    categorical key at evenly spaced integer positions, a number on its own (log) scale."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        choices = list(dist.choices)
+        span = max(len(choices) - 1, 1)
+        index = {c: i for i, c in enumerate(choices)}
+        mapped = values.map(lambda v: index.get(v, np.nan) / span if pd.notna(v) else np.nan)
+        ticks = [(i / span, str(c)) for i, c in enumerate(choices)]
+        return mapped.to_numpy(float), ticks
+    x = pd.to_numeric(values, errors="coerce").to_numpy(float)
+    log = getattr(dist, "log", False) if dist is not None else _wide_positive(x)
+    shown = np.log(x) if log else x
+    low, high = np.nanmin(shown), np.nanmax(shown)
+    span = high - low if high > low else 1.0
+    positions = np.linspace(0.0, 1.0, 3)
+    labels = [f"{np.exp(low + p * span) if log else low + p * span:.3g}" for p in positions]
+    return (shown - low) / span, list(zip(positions, labels))
+
+
+def parallel_coordinates(trials: pd.DataFrame, dists: Mapping[str, BaseDistribution],
+                         metrics: Sequence[str], modes: Sequence[str]) -> Figure:
+    """One line per trial over the searched keys then the objective's metrics, colored by
+    the first metric; the best trials are drawn last, on top."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    columns = [*dists, *metrics]
+    scaled = {c: _scaled(trials[c], dists.get(c)) for c in columns}
+    color_values = pd.to_numeric(trials[metrics[0]], errors="coerce").to_numpy(float)
+    order = np.argsort(-color_values if modes[0] == "min" else color_values, kind="stable")
+    cmap = colormaps["viridis_r" if modes[0] == "min" else "viridis"]
+    norm = Normalize(np.nanmin(color_values), np.nanmax(color_values))
+    fig = Figure(figsize=(max(6.0, 1.5 * len(columns) + 2), 4.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(columns))
+    for i in order:
+        y = np.array([scaled[c][0][i] for c in columns])
+        ax.plot(x, y, color=cmap(norm(color_values[i])), lw=1.2, alpha=0.8)
+    for position, column in zip(x, columns):
+        ax.axvline(position, color="black", lw=0.8)
+        for tick, label in scaled[column][1]:
+            ax.text(position + 0.03, tick, label, fontsize="x-small", va="center")
+    ax.set_xticks(x, columns, rotation=20, ha="right")
+    ax.set_yticks([])
+    ax.set_xlim(-0.1, len(columns) - 0.5)
+    ax.set_ylim(-0.05, 1.05)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=f"{metrics[0]} ({modes[0]})")
+    fig.suptitle("Comparable trials over the searched keys and the objective")
+    return fig
+
+
+def pareto_front(frame: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str]) -> Figure:
+    """The two objective metrics of every trial (column ``pareto`` flags the front): the
+    front in color joined in order of the first metric, the dominated trials in grey."""
+    fig = Figure(figsize=(6.0, 4.6), layout="constrained")
+    ax = fig.subplots()
+    x_name, y_name = metrics[:2]
+    front = frame[frame["pareto"]].sort_values([x_name, y_name])
+    rest = frame[~frame["pareto"]]
+    ax.scatter(rest[x_name], rest[y_name], color="0.6", s=22, label="dominated")
+    ax.plot(front[x_name], front[y_name], "-o", color="tab:red", ms=5, lw=1.2, label="non-dominated")
+    for axis, name in (("x", x_name), ("y", y_name)):
+        if _wide_positive(frame[name].to_numpy(float)):
+            getattr(ax, f"set_{axis}scale")("log")
+    ax.set_xlabel(f"{x_name} ({modes[0]})")
+    ax.set_ylabel(f"{y_name} ({modes[1]})")
+    ax.legend(fontsize="small", frameon=False)
+    fig.suptitle(f"Pareto front: {len(front)} of {len(frame)} trials non-dominated")
+    return fig
+
+
+def probe_curves(wide: pd.DataFrame, *, labels: pd.Series, grad: str, msd: str) -> Figure:
+    """Theory probes per trial, colored by group: ``grad`` and ``msd`` against the epoch,
+    ``msd`` against the epoch's batch size and learning rate; log y.  ``wide`` holds one
+    row per (run, epoch) with columns ``run_id, step`` and the metrics."""
+    panels = [(grad, "step"), (msd, "step"), (msd, "batch_size"), (msd, "lr")]
+    panels = [(y, x) for y, x in panels if y in wide and x in wide]
+    fig = Figure(figsize=(4.0 * min(len(panels), 2), 3.3 * ((len(panels) + 1) // 2)), layout="constrained")
+    axes = fig.subplots((len(panels) + 1) // 2, min(len(panels), 2), squeeze=False).ravel()
+    colors = group_colors(labels)
+    for ax, (y_name, x_name) in zip(axes, panels):
+        for run_id, run in wide.groupby(schema.RUN_ID, sort=False):
+            run = run.sort_values("step")
+            color = colors.get(str(labels.get(run_id)), "black")
+            ax.plot(run[x_name], run[y_name], "-o", color=color, ms=2.5, lw=1.0, alpha=0.8)
+        _probe_axes(ax, wide, x_name, y_name)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if len(colors) > 1:
+        handles = [axes[0].plot([], [], color=c, label=name)[0] for name, c in colors.items()]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(colors), 5),
+                   fontsize="small", frameon=False)
+    fig.suptitle("Theory probes, one line per trial")
+    return fig
+
+
+def _probe_axes(ax, wide: pd.DataFrame, x_name: str, y_name: str) -> None:
+    y = pd.to_numeric(wide[y_name], errors="coerce").to_numpy(float)
+    if np.nanmin(y) > 0:
+        ax.set_yscale("log")
+    x = pd.to_numeric(wide[x_name], errors="coerce").to_numpy(float)
+    if x_name != "step" and _wide_positive(x, 3.9):
+        from matplotlib import ticker
+
+        ax.set_xscale("log", base=2 if x_name == "batch_size" else 10)
+        # plain numbers: 10^k mantissas on neighbouring minor ticks overlap
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("epoch" if x_name == "step" else x_name)
+    ax.set_ylabel(y_name)
