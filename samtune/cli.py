@@ -1,4 +1,4 @@
-"""``samtune train | search | sharpness | interpolate | report | ui``.
+"""``samtune train | search | replay | sharpness | interpolate | report | ui``.
 
 Heavy libraries are imported inside each command so ``samtune --help`` is quick.
 A configuration mistake exits with status 2 and one message naming the key,
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="Ray storage path (shared folder or URI)")
     _add_tracking(p)
 
+    p = sub.add_parser("replay", help="train one trial again on the schedule a PBT search found for it")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a trial (its lineage.json gives the schedule)")
+    p.add_argument("--device", default="auto")
+    _add_tracking(p)
+
     p = sub.add_parser("sharpness", help="measure sharpness of a saved trial")
     p.add_argument("source", help="MLflow run id or checkpoint path")
     p.add_argument("--measures", default=None, help="comma-separated measure names (default: all defaults)")
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "search": cmd_search, "sharpness": cmd_sharpness,
+    handler = {"train": cmd_train, "search": cmd_search, "replay": cmd_replay, "sharpness": cmd_sharpness,
                "interpolate": cmd_interpolate, "report": cmd_report, "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
@@ -105,6 +110,13 @@ def cmd_train(args) -> int:
     from samtune import one_trial
 
     return one_trial.run_cli_trial(config, experiment=args.experiment, tracking_uri=args.tracking_uri)
+
+
+# -- replay ---------------------------------------------------------------------
+def cmd_replay(args) -> int:
+    from samtune.replay import replay_run
+
+    return replay_run(args.run_id, tracking_uri=args.tracking_uri, device=args.device)
 
 
 # -- search ---------------------------------------------------------------------

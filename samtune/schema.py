@@ -173,6 +173,12 @@ ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_HISTORY = "history.csv"
 ARTIFACT_MODEL = "model.pt"
 ARTIFACT_CONTEXT = "trial_context.json"
+# population-based training: a trial's ancestry (which trial it was cloned from at which
+# epoch, and the values each segment trained with) and the schedule it trained on
+ARTIFACT_LINEAGE = "lineage.json"
+ARTIFACT_SCHEDULE = "schedule.csv"
+TAG_CLONED_FROM = "samtune.cloned_from"  # "<trial id> at epoch <n>", the latest clone
+TAG_REPLAY_OF = "samtune.replay_of"  # on a samtune replay run: the run whose schedule it replays
 ARTIFACT_INTERPOLATION_CSV = "interpolation.csv"  # samtune interpolate: loss and error along θ(a)
 ARTIFACT_INTERPOLATION_PNG = "interpolation.png"
 KIND_INTERPOLATION = "interpolation"  # a run of samtune interpolate (tag samtune.kind)

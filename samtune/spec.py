@@ -379,13 +379,50 @@ def _check_loader_cpus(workers: int, resources: Mapping[str, float]) -> None:
                          f"or lower trial.loader_workers")
 
 
+# what a scheduler measures a trial's progress in: epochs, or (compute-fair across
+# one- and two-pass optimizers) cumulative gradient evaluations or training samples
+PROGRESS_UNITS = ("epoch", "gradient_evaluations", "samples_seen")
+# keys population-based training may change during a trial: read anew from the trial's
+# config at every restore, with no state of their own in a checkpoint
+PBT_KEYS = ("rho", "alpha", "lr", "batch_size", "weight_decay", "momentum")
+
+
 class Asha(_Section):
-    """ASHA early stopping, compared on a per-epoch metric."""
+    """ASHA early stopping, compared on a per-epoch metric at rungs of ``time_attr``:
+    epochs, or gradient evaluations / samples for a compute-fair comparison of SGD
+    (one per step) with the SAM family (two per step).  ``grace_period`` and ``max_t``
+    are in that unit; ``max_t`` defaults to the most a trial could reach."""
 
     grace_period: PositiveInt = 1
     reduction_factor: Annotated[int, Field(strict=True, ge=2)] = 2
     metric: Annotated[str, AfterValidator(_epoch_metric)] = "test_error"
     mode: Mode = "min"
+    time_attr: Literal[PROGRESS_UNITS] = "epoch"
+    max_t: PositiveInt | None = None
+
+
+class Pbt(_Section):
+    """Population-based training: every ``interval`` epochs a trial in the bottom
+    ``quantile`` of ``metric`` continues from a top trial's checkpoint with its values
+    of ``mutate`` perturbed (×0.8 or ×1.2, or resampled with ``resample_probability``;
+    a choice moves to a neighbour).  The population is ``samples`` trials drawn from
+    ``search``; ``mutate`` defaults to every searched key."""
+
+    kind: ClassVar[str] = "pbt"
+    interval: PositiveInt = 2
+    metric: Annotated[str, AfterValidator(_epoch_metric)] = "test_error"
+    mode: Mode = "min"
+    quantile: Annotated[float, Field(gt=0, le=0.5)] = 0.25
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
+    mutate: tuple[Literal[PBT_KEYS], ...] | None = None
+
+
+class Pb2(Pbt):
+    """PB2 (Parker-Holder et al. 2020): PBT whose explore step picks the new values with
+    a time-varying Gaussian-process bandit over the ``search`` bounds (continuous keys
+    only: uniform or loguniform)."""
+
+    kind: ClassVar[str] = "pb2"
 
 
 class EqualBudget(_Section):
@@ -397,15 +434,29 @@ class EqualBudget(_Section):
 
 
 class _Scheduler(_Section):
-    asha: Asha = Field(default_factory=Asha)
+    asha: Asha | None = None
+    pbt: Pbt | None = None
+    pb2: Pb2 | None = None
 
-    @field_validator("asha", mode="before")
+    @model_validator(mode="before")
     @classmethod
     def _defaults(cls, value: Any) -> Any:
-        return {} if value is None else value
+        # `asha:` with nothing under it means the defaults
+        return {key: ({} if given is None else given) for key, given in value.items()} if isinstance(
+            value, Mapping) else value
+
+    @property
+    def chosen(self) -> Asha | Pbt | Pb2:
+        given = [section for section in (self.asha, self.pbt, self.pb2) if section is not None]
+        if len(given) != 1:
+            raise ValueError(_SCHEDULER_ALLOWED)
+        return given[0]
 
 
-_SCHEDULER_ALLOWED = "allowed: none, or {asha: {grace_period, reduction_factor, metric, mode}}"
+SchedulerSection = Asha | Pbt | Pb2
+_SCHEDULER_ALLOWED = ("allowed: none, or one of {asha: {grace_period, reduction_factor, metric, mode, time_attr, "
+                      "max_t}}, {pbt: {interval, metric, mode, quantile, resample_probability, mutate}}, "
+                      "{pb2: {...the same}}")
 _SEARCH_SECTION = TypeAdapter(dict[TrialKey, Distribution])
 _GRID_SECTION = TypeAdapter(dict[Annotated[str, BeforeValidator(str)], GridAxis])
 
@@ -426,7 +477,7 @@ class SearchSpec(_Section):
     samples: PositiveInt = 16
     concurrency: PositiveInt = 2
     resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
-    scheduler: Asha | None = None
+    scheduler: SchedulerSection | None = None
     sharpness: tuple[MeasureKey, ...] | None = None
     seed: NonNegativeInt = 0
     max_failures: NonNegativeInt = 2
@@ -478,12 +529,12 @@ class SearchSpec(_Section):
 
     @field_validator("scheduler", mode="plain")
     @classmethod
-    def _scheduler(cls, value: Any) -> Asha | None:
+    def _scheduler(cls, value: Any) -> SchedulerSection | None:
         if value is None or value == "none":
             return None
         if not isinstance(value, Mapping):
             raise ValueError(_SCHEDULER_ALLOWED)
-        return _Scheduler.model_validate(value).asha
+        return _Scheduler.model_validate(value).chosen
 
     @model_validator(mode="after")
     def _check_across_sections(self) -> SearchSpec:
@@ -506,13 +557,30 @@ class SearchSpec(_Section):
                 raise ValueError(f"objective.metric = {metric!r} is never reported by a trial; "
                                  f"allowed: {', '.join(allowed)}")
         if self.scheduler and self.objective.is_pareto:
-            raise ValueError("scheduler = asha with a two-metric (Pareto) objective is not supported; "
-                             "use scheduler: none")
+            raise ValueError(f"scheduler = {self.scheduler_name} with a two-metric (Pareto) objective is not "
+                             f"supported; use scheduler: none")
+        if isinstance(self.scheduler, Pbt):
+            _check_population(self)
+        elif self.scheduler is not None:
+            asha_max_t(self)
         if self.equal_budget is not None:
             self._budget = _equal_budget(self)
         _check_loader_cpus(base.loader_workers, self.resources)
         _check_worker_batches(self)
         return self
+
+    @property
+    def scheduler_name(self) -> str:
+        return "none" if self.scheduler is None else getattr(self.scheduler, "kind", "asha")
+
+    @property
+    def mutated_keys(self) -> tuple[str, ...]:
+        """The keys population-based training changes during trials (none without it)."""
+        if not isinstance(self.scheduler, Pbt):
+            return ()
+        if self.scheduler.mutate is not None:
+            return self.scheduler.mutate
+        return tuple(d.key for d in self.search if d.key in PBT_KEYS)
 
     @property
     def workers(self) -> int:
@@ -550,7 +618,7 @@ class SearchSpec(_Section):
 
     def resolved(self) -> dict[str, Any]:
         """The spec as a plain mapping with every default filled in."""
-        scheduler = {"asha": self.scheduler.model_dump()} if self.scheduler else "none"
+        scheduler = {self.scheduler_name: self.scheduler.model_dump()} if self.scheduler else "none"
         return {
             "name": self.name, "trial": dict(self.trial),
             "search": {d.key: d.resolved() for d in self.search},
@@ -647,6 +715,67 @@ def _named_cells(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
     combos = itertools.product(*(axis.choices for axis in spec.grid))
     return [("grid cell {" + ", ".join(f"{name}: {value}" for name, value in zip(names, combo, strict=True)) + "}",
              values) for combo, values in zip(combos, _grid_values(spec), strict=True)]
+
+
+def _upper(spec: SearchSpec, key: str) -> Any:
+    """The largest value ``key`` takes in any trial of the search."""
+    searched = {d.key: d for d in spec.search}
+    if key in searched:
+        return max(searched[key].values) if key != "dataset" else list(searched[key].values)
+    axes = spec.grid_axes()
+    if key in axes:
+        return max(axes[key]) if key != "dataset" else list(axes[key])
+    value = spec.trial.get(key, TrialConfig.model_fields[key].default)
+    return [value] if key == "dataset" else value
+
+
+def asha_max_t(spec: SearchSpec) -> int:
+    """ASHA's horizon in its ``time_attr``: ``max_t``, else the most any trial could reach
+    (epochs; or every epoch's examples once per sample, twice per gradient evaluation)."""
+    asha = spec.scheduler
+    if asha.max_t is not None:
+        return asha.max_t
+    epochs = int(_upper(spec, "epochs"))
+    if asha.time_attr == "epoch":
+        return epochs
+    sizes = [schema.DATASET_TRAIN_SIZES.get(str(d)) for d in _upper(spec, "dataset")]
+    if None in sizes:
+        raise ValueError(f"scheduler.asha.time_attr = {asha.time_attr!r} on an image folder: give "
+                         f"scheduler.asha.max_t (the most {asha.time_attr} a trial reaches)")
+    per_epoch = max(sizes) * int(_upper(spec, "epoch_passes"))
+    return epochs * per_epoch * (2 if asha.time_attr == "gradient_evaluations" else 1)
+
+
+def _check_population(spec: SearchSpec) -> None:
+    """PBT and PB2 evolve a population drawn from ``search``: each mutated key is searched
+    (PB2: over a continuous range), and nothing else changes a trial's length or budget."""
+    name = spec.scheduler_name
+    if not spec.search or spec.grid:
+        raise ValueError(f"scheduler = {name} evolves a population drawn from `search` (samples trials); "
+                         f"give `search` distributions, not a `grid`")
+    if spec.equal_budget is not None:
+        raise ValueError(f"scheduler = {name} changes trials while they train; equal_budget is for grids")
+    if spec.workers > 1:
+        raise ValueError(f"scheduler = {name} copies checkpoints between trials; with resources.workers = "
+                         f"{spec.workers} each is a Ray Train run of its own: use workers: 1")
+    if any(d.when for d in spec.search):
+        raise ValueError(f"scheduler = {name}: conditional (`when`) keys are not supported; Ray samples the "
+                         f"population from independent distributions")
+    searched = {d.key: d for d in spec.search}
+    keys = spec.mutated_keys
+    if not keys:
+        raise ValueError(f"scheduler.{name}.mutate: nothing to evolve; search at least one of {', '.join(PBT_KEYS)}")
+    for key in keys:
+        if key not in searched:
+            raise ValueError(f"scheduler.{name}.mutate: {key!r} is not searched; mutated keys need a `search` "
+                             f"distribution (searched: {', '.join(searched)})")
+        if name == "pb2" and not isinstance(searched[key], (Uniform, LogUniform)):
+            raise ValueError(f"scheduler.pb2.mutate: {key!r} is a {searched[key].kind}; PB2 explores continuous "
+                             f"ranges (uniform, loguniform); use scheduler: pbt")
+    epochs = int(spec.trial.get("epochs", make_trial_config(spec.trial).epochs))
+    if spec.scheduler.interval >= epochs:
+        raise ValueError(f"scheduler.{name}.interval = {spec.scheduler.interval} epochs leaves no exploit step in "
+                         f"trial.epochs = {epochs}; allowed: interval < epochs")
 
 
 def _check_grid_cells(spec: SearchSpec) -> None:
@@ -795,7 +924,8 @@ def expand_bundles(values: dict[str, Any], bundles: dict[str, dict[str, dict[str
 
 def reported_metrics(config: TrialConfig) -> tuple[str, ...]:
     """Every metric a trial with ``config`` reports: an objective may name any of them."""
-    return schema.EPOCH_METRICS + schema.FINAL_METRICS + schema.measure_metric_names(config.sharpness)
+    probes = schema.PROBE_METRICS if config.probes else ()
+    return schema.EPOCH_METRICS + probes + schema.FINAL_METRICS + schema.measure_metric_names(config.sharpness)
 
 
 # -- sampling (dry run, and the Optuna define-by-run space) ------------------------
@@ -845,6 +975,8 @@ def grid_size(spec: SearchSpec) -> int:
 def describe(spec: SearchSpec, count: int = 5) -> str:
     """The dry run: the resolved spec and the first sampled configs, each validated."""
     total = (f"{grid_size(spec)} grid points x {spec.samples}" if spec.grid
+             else f"a population of {spec.samples} trials ({spec.scheduler_name} evolving "
+                  f"{', '.join(spec.mutated_keys)} every {spec.scheduler.interval} epochs)" if spec.mutated_keys
              else f"{spec.samples} Optuna TPE samples")
     lines = ["# resolved search space", yaml.safe_dump(spec.resolved(), sort_keys=False).rstrip(),
              f"# {total}, {spec.concurrency} at a time", f"# first {count} sampled configs:"]

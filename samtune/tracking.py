@@ -280,6 +280,9 @@ class Tracker:
     def run_is_active(self, run_id: str) -> bool:
         return self.client.get_run(run_id).info.status == "RUNNING"
 
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
     def run_tag(self, run_id: str, key: str) -> str | None:
         return self.client.get_run(run_id).data.tags.get(key)
 

@@ -271,3 +271,45 @@ def test_two_worker_trials_record_one_run_each_and_resume_to_the_same_weights(tm
         finals.append({k: v for k, v in run.data.metrics.items() if k.startswith(("final_", "sharpness_", "norm_"))})
     assert "sharpness_ascent" in finals[0]
     assert finals[0] == finals[1]  # the retried trial ends on the same weights as its twin
+
+
+def artifact_text(client, run_id, name):
+    from pathlib import Path
+
+    return Path(client.download_artifacts(run_id, name)).read_text()
+
+
+def test_pbt_population_records_lineage_and_its_replay_follows_the_schedule(tmp_path):
+    import csv
+    import io
+
+    from samtune import schema
+    from samtune.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = make_spec("pbt-e2e", samples=4, concurrency=4, resources={"cpu": 0.5},
+                     trial={k: v for k, v in TINY_TRIAL.items() if k != "batch_size"}
+                     | {"epochs": 4, "optimizer": "gsam", "sharpness": ["norm_param_l2"]},
+                     search={"lr": {"loguniform": [1e-4, 0.3]}, "rho": {"loguniform": [0.01, 0.2]},
+                             "batch_size": {"choice": [16, 32, 64]}},
+                     scheduler={"pbt": {"interval": 1, "quantile": 0.5}})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
+    client, _, trials = children(uri, "pbt-e2e")
+    assert len(trials) == 4  # a clone continues in its own run
+    cloned = [r for r in trials if schema.TAG_CLONED_FROM in r.data.tags]
+    assert cloned, "no trial was exploited"
+    run = cloned[0]
+    lineage = json.loads(artifact_text(client, run.info.run_id, schema.ARTIFACT_LINEAGE))
+    donor, epoch = run.data.tags[schema.TAG_CLONED_FROM].split(" at epoch ")
+    assert len(lineage["segments"]) >= 2 and lineage["segments"][-2]["trial_id"] == donor.strip()
+    assert lineage["segments"][-1]["epoch"] == int(epoch)
+    schedule = list(csv.DictReader(io.StringIO(artifact_text(client, run.info.run_id, schema.ARTIFACT_SCHEDULE))))
+    assert [int(float(row["epoch"])) for row in schedule] == [1, 2, 3, 4]
+
+    assert main(["replay", run.info.run_id, "--tracking-uri", uri, "--device", "cpu"]) == 0
+    replays = [r for r in client.search_runs([run.info.experiment_id])
+               if r.data.tags.get(schema.TAG_REPLAY_OF) == run.info.run_id]
+    assert len(replays) == 1
+    for key in ("lr", "rho", "batch_size"):
+        replayed = sorted((m.step, m.value) for m in client.get_metric_history(replays[0].info.run_id, key))
+        assert replayed == [(int(float(row["epoch"])), float(row[key])) for row in schedule], key

@@ -38,6 +38,8 @@ class TrialContext:
     # a data-parallel trial: its Ray Train workers, what each reserves, and where Ray
     # Train keeps their runs (a retried or resumed trial continues from its checkpoint)
     workers: int = 1
+    # population-based training: trials record their lineage and schedule
+    population: bool = False
     worker_resources: Mapping[str, float] = field(default_factory=dict)
     parallel_storage: str = ""
 
@@ -85,7 +87,8 @@ def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, pa
         tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
         run_settings=run_settings(spec.trial, resources), bundles=bundle_table(spec),
         end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)),
-        equal_budget=spec.budget, workers=spec.workers, worker_resources=dict(resources),
+        equal_budget=spec.budget, workers=spec.workers, population=bool(spec.mutated_keys),
+        worker_resources=dict(resources),
         parallel_storage=f"{ray_path.rstrip('/')}/{PARALLEL_FOLDER}" if ray_path else "")
 
 

@@ -22,7 +22,7 @@ from samtune import schema
 from samtune.config import ConfigError
 from samtune.search import preflight
 from samtune.search.context import TrackingCredentials, build_context, hyperparameters
-from samtune.spec import SearchSpec, define_by_run
+from samtune.spec import SearchSpec, asha_max_t, define_by_run
 from samtune.tracking import Tracker, resolve_tracking_uri, runs_url, ui_command
 
 
@@ -54,7 +54,22 @@ def _param_space(spec: SearchSpec) -> dict[str, Any]:
     space = hyperparameters(spec.trial)
     for key, values in spec.grid_axes().items():
         space[key] = tune.grid_search(values)
+    if spec.mutated_keys:  # a population: Ray samples it (Optuna would not know the changed values)
+        space.update({dist.key: tune_domain(dist) for dist in spec.search})
     return space
+
+
+def tune_domain(dist):
+    """A search distribution as Ray Tune's sampling domain (what PBT resamples from)."""
+    from ray import tune
+
+    from samtune.spec import Choice, IntUniform, LogUniform
+
+    if isinstance(dist, Choice):
+        return tune.choice(list(dist.values))
+    if isinstance(dist, IntUniform):
+        return tune.randint(dist.values[0], dist.values[1] + 1)
+    return (tune.loguniform if isinstance(dist, LogUniform) else tune.uniform)(*dist.values)
 
 
 def _tune_config(spec: SearchSpec):
@@ -63,6 +78,12 @@ def _tune_config(spec: SearchSpec):
 
     kwargs: dict[str, Any] = dict(num_samples=spec.samples, max_concurrent_trials=spec.concurrency,
                                   reuse_actors=True, trial_dirname_creator=_trial_dirname)
+    if spec.mutated_keys:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        kwargs["search_alg"] = BasicVariantGenerator(random_state=spec.seed)
+        kwargs["scheduler"] = _population_scheduler(spec)
+        return tune.TuneConfig(**kwargs)
     if spec.search:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -78,10 +99,31 @@ def _tune_config(spec: SearchSpec):
     if spec.scheduler is not None:
         asha = spec.scheduler
         kwargs["scheduler"] = ASHAScheduler(
-            metric=asha.metric, mode=asha.mode, max_t=int(spec.trial.get("epochs", 12)),
+            metric=asha.metric, mode=asha.mode, max_t=asha_max_t(spec),
             grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
-            time_attr="training_iteration")
+            time_attr=_TIME_ATTRS.get(asha.time_attr, asha.time_attr))
     return tune.TuneConfig(**kwargs)
+
+
+# Tune counts epochs as reports ("training_iteration"); the other units are per-epoch metrics
+_TIME_ATTRS = {"epoch": "training_iteration"}
+
+
+def _population_scheduler(spec: SearchSpec):
+    """Ray's PBT or PB2 over the mutated keys, with every exploit/explore logged."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+
+    section = spec.scheduler
+    searched = {dist.key: dist for dist in spec.search}
+    common = dict(time_attr="training_iteration", metric=section.metric, mode=section.mode,
+                  perturbation_interval=section.interval, quantile_fraction=section.quantile,
+                  log_config=True, require_attrs=True)
+    if spec.scheduler_name == "pb2":
+        return PB2(hyperparam_bounds={key: list(searched[key].values) for key in spec.mutated_keys}, **common)
+    return PopulationBasedTraining(
+        hyperparam_mutations={key: tune_domain(searched[key]) for key in spec.mutated_keys},
+        resample_probability=section.resample_probability, **common)
 
 
 def _trial_dirname(trial) -> str:
@@ -91,10 +133,21 @@ def _trial_dirname(trial) -> str:
 def _run_config(spec: SearchSpec, storage: str, ray_name: str, callbacks):
     from ray import tune
 
+    population = bool(spec.mutated_keys)
     return tune.RunConfig(
         name=ray_name, storage_path=storage, verbose=0, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+        # PBT restores a donor's latest checkpoint some time after choosing it: keep enough
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.samples + 2 if population else 2),
+        stop=finished if population else None)
+
+
+def finished(trial_id: str, result: dict[str, Any]) -> bool:
+    """A trial's last result carries its status.  Stopping on it keeps PBT from cloning
+    into a trial that is done, which would train it again from its donor's state."""
+    from samtune.search.trainable import STATUS_KEY
+
+    return STATUS_KEY in result
 
 
 # -- the search --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ as its MLflow dataset inputs (``Tracker.log_trial_dataset``).
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from ray import tune
 from samtune import schema
 from samtune.budgets import with_budget
 from samtune.config import ConfigError, TrialConfig, make_trial_config
+from samtune.lineage import LINEAGE_KEY, changes, extend, schedule_csv
 from samtune.provenance import identity_tags
 from samtune.search.callbacks import TOTAL_EPOCHS_KEY
 from samtune.search.context import TrackingCredentials, TrialContext
@@ -53,17 +55,22 @@ class RaySink:
     or, on rank 0 of a data-parallel trial, to Ray Train (``ray.train.report``)."""
 
     def __init__(self, context: TrialContext, tracker: Tracker, run_id: str, config_yaml: str,
-                 epochs: int | None = None, report=None, checkpoint_type=None):
-        self.context, self.run_id, self.epochs = context, run_id, epochs
+                 epochs: int | None = None, report=None, checkpoint_type=None,
+                 lineage: list[dict[str, Any]] | None = None):
+        self.context, self.tracker, self.run_id, self.epochs = context, tracker, run_id, epochs
+        self.lineage = lineage  # population-based training: the segments this trial trained through
         self.mlflow = MlflowSink(tracker, run_id, config_yaml)
         self.report = report or tune.report
         self.checkpoint_type = checkpoint_type or tune.Checkpoint
 
     def on_epoch(self, record, checkpoint, final) -> None:
         state = checkpoint()  # first: in a data-parallel trial every worker takes part in it
+        if final is not None and self.lineage is not None:
+            self.tracker.log_text(self.run_id, schedule_csv(final.history, self.lineage), schema.ARTIFACT_SCHEDULE)
         self.mlflow.on_epoch(record, checkpoint, final)  # closes the run before the last report
+        extra = {RUN_ID_KEY: self.run_id} | ({LINEAGE_KEY: self.lineage} if self.lineage is not None else {})
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state | {RUN_ID_KEY: self.run_id}, Path(folder) / CHECKPOINT_FILE)
+            torch.save(state | extra, Path(folder) / CHECKPOINT_FILE)
             self.report(result_metrics(self.context, record, final, self.epochs),
                         checkpoint=self.checkpoint_type.from_directory(folder))
 
@@ -78,9 +85,27 @@ def samtune_trial(hparams: dict[str, Any], context: TrialContext,
         return
     tracker, config, labels = prepared
     resume = _load_checkpoint()
-    run_id = open_trial_run(context, tracker, config, labels, resume.pop(RUN_ID_KEY) if resume else None,
-                            resumed=resume is not None)
-    train(config, RaySink(context, tracker, run_id, config_yaml(config), config.epochs), resume=resume)
+    saved_run = resume.pop(RUN_ID_KEY) if resume else None
+    inherited = resume.pop(LINEAGE_KEY, None) if resume else None
+    run_id = open_trial_run(context, tracker, config, labels, saved_run, resumed=resume is not None)
+    lineage = trial_lineage(tracker, run_id, config, resume, inherited) if context.population else None
+    train(config, RaySink(context, tracker, run_id, config_yaml(config), config.epochs, lineage=lineage),
+          resume=resume)
+
+
+def trial_lineage(tracker: Tracker, run_id: str, config: TrialConfig, resume: dict[str, Any] | None,
+                  inherited: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """This trial's segments; a start from another trial's checkpoint (PBT's exploit) is
+    recorded on its run: the donor and epoch as a tag, the whole ancestry as an artifact."""
+    epoch = resume["epoch"] if resume else 0
+    segments, cloned = extend(inherited, epoch=epoch, trial_id=tune.get_context().get_trial_id(),
+                              run_id=run_id, values=config.model_dump())
+    if cloned:
+        tracker.set_tag(run_id, schema.TAG_CLONED_FROM, f"{inherited[-1]['trial_id']} at epoch {epoch}")
+        steps = [changes(a, b) for a, b in zip(segments, segments[1:])]
+        tracker.log_text(run_id, json.dumps({"segments": segments, "changes": steps}, indent=2),
+                         schema.ARTIFACT_LINEAGE)
+    return segments
 
 
 def prepare_trial(hparams: dict[str, Any], context: TrialContext, credentials: TrackingCredentials | None
@@ -129,11 +154,11 @@ def _load_checkpoint() -> dict[str, Any] | None:
 
 def _open_run(context: TrialContext, tracker: Tracker, config: TrialConfig, labels: dict[str, str],
               run_id: str | None) -> str:
-    """The trial's MLflow run: the one its checkpoint names, else one an earlier
-    attempt opened before its first checkpoint, else a new one."""
+    """The trial's MLflow run: the one an earlier attempt of this trial opened, else the
+    one its checkpoint names, else a new one.  (Under PBT the checkpoint may be another
+    trial's: its own run comes first.)"""
     trial = tune.get_context()
-    run_id = run_id or tracker.find_trial_run(context.experiment_id, trial.get_trial_id(),
-                                              context.parent_run_id)
+    run_id = tracker.find_trial_run(context.experiment_id, trial.get_trial_id(), context.parent_run_id) or run_id
     if run_id is not None:
         tracker.reopen_run(run_id)
         return run_id
