@@ -36,7 +36,7 @@ def capacity(values: Mapping[str, Any], unit: str) -> int:
     """What a trial with ``values`` spends in ``unit`` over its ``epochs``."""
     config = make_trial_config(dict(values))
     return TrialSchedule.from_config(config).capacity(config.epoch_examples(train_size(config)), unit,
-                                                      config.evals_per_step)
+                                                      config.sam_timing)
 
 
 def with_budget(values: Mapping[str, Any], budget: int, unit: str) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def with_budget(values: Mapping[str, Any], budget: int, unit: str) -> dict[str, 
     n_train = config.epoch_examples(train_size(config))
     epochs = config.epochs
     while TrialSchedule.from_config(config.model_copy(update={"epochs": epochs})).capacity(
-            n_train, unit, config.evals_per_step) < budget:
+            n_train, unit, config.sam_timing, budget) < budget:
         epochs += 1
         if epochs > _MAX_EPOCH_GROWTH * config.epochs:
             raise ValueError(f"budget = {budget} {unit} needs more than {_MAX_EPOCH_GROWTH} x "

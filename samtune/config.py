@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from samtune import schema
-from samtune.schedules import ScheduleParams, TrialSchedule
+from samtune.schedules import SamTiming, ScheduleParams, TrialSchedule
 
 MeasureKey = Literal[tuple(schema.MEASURES)]
 
@@ -134,6 +134,13 @@ class HyperParams(ScheduleParams):
         """Gradient evaluations per optimizer step: two for the SAM family."""
         return 1 if self.optimizer in schema.ONE_PASS_OPTIMIZERS else 2
 
+    @property
+    def sam_timing(self) -> SamTiming | None:
+        """Which steps take the two-pass update; None for a one-pass optimizer."""
+        if self.optimizer in schema.ONE_PASS_OPTIMIZERS:
+            return None
+        return SamTiming(self.sam_start, self.sam_every)
+
     def epoch_examples(self, n_train: int) -> int:
         """Examples an epoch draws from a training set of ``n_train``: ``epoch_passes``
         fresh passes over it (Harada's ViT runs: three)."""
@@ -205,14 +212,16 @@ def _check_recipe(hparams: HyperParams) -> None:
 
 def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:
     """A budget must be spendable exactly within ``epochs`` epochs."""
-    budget, unit = hparams.budget, hparams.budget_unit
-    if unit == "gradient_evaluations" and budget % hparams.evals_per_step:
+    budget, unit, timing = hparams.budget, hparams.budget_unit, hparams.sam_timing
+    # with late or intermittent SAM the last step is plain when one evaluation is left
+    every_step_two_pass = timing is not None and timing.always
+    if unit == "gradient_evaluations" and every_step_two_pass and budget % hparams.evals_per_step:
         raise ValueError(f"budget = {budget}: an {hparams.optimizer} step costs {hparams.evals_per_step} "
                          f"gradient evaluations, so the budget must be a multiple of it")
     n_train = schema.DATASET_TRAIN_SIZES.get(hparams.dataset)
     if n_train is None:  # an image folder: checked when its trial loads it
         return
-    capacity = schedule.capacity(hparams.epoch_examples(n_train), unit, hparams.evals_per_step)
+    capacity = schedule.capacity(hparams.epoch_examples(n_train), unit, timing, budget)
     if budget > capacity:
         raise ValueError(f"budget = {budget} {unit} cannot be spent in epochs = {hparams.epochs} "
                          f"({capacity} {unit} at most on {hparams.dataset}'s {n_train} training "

@@ -27,6 +27,7 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from numbers import Integral, Real
@@ -440,9 +441,85 @@ class TrialSchedule:
         loader drops the last partial batch, as Harada's code does)."""
         return n_train // self.batch_size(epoch)
 
-    def capacity(self, n_train: int, unit: str, evals_per_step: int = 1) -> int:
-        """The most a trial of ``params.epochs`` epochs can spend, in budget ``unit``."""
+    def capacity(self, n_train: int, unit: str, timing: SamTiming | None = None,
+                 budget: int | None = None) -> int:
+        """The most a trial of ``params.epochs`` epochs can spend, in budget ``unit``.
+
+        ``timing`` is a SAM-family trial's step pattern (None: a one-pass optimizer).
+        In gradient evaluations under a partial timing the cost of a step depends on
+        the trial's progress, and with a budget progress is the budget's fraction
+        spent: pass ``budget`` to get what a trial with it spends (at most ``budget``;
+        less when ``epochs`` cannot hold it)."""
         steps = [self.steps_in_epoch(epoch, n_train) for epoch in range(self.params.epochs)]
         if unit == "samples":
             return sum(s * self.batch_size(epoch) for epoch, s in enumerate(steps))
-        return sum(steps) * (evals_per_step if unit == "gradient_evaluations" else 1)
+        if unit == "steps" or timing is None:
+            return sum(steps)
+        if timing.always:
+            return 2 * sum(steps)
+        if budget is None:
+            return _evaluations(steps, timing)
+        spent = _budget_evaluations(timing, budget)
+        return spent[min(sum(steps), len(spent)) - 1] if sum(steps) else 0
+
+
+def training_progress(epochs: int, epoch: int, i: int, steps_per_epoch: int,
+                      spent: int = 0, budget: int | None = None) -> float:
+    """The fraction of training done before step ``i`` of 0-based ``epoch``: of the
+    epochs, or with a budget the fraction of it ``spent`` (whatever ``epochs``)."""
+    if budget is None:
+        return (epoch + i / steps_per_epoch) / epochs
+    return spent / budget
+
+
+@dataclasses.dataclass(frozen=True)
+class SamTiming:
+    """Which steps of a SAM-family trial take the two-pass update (trial keys
+    ``sam_start``, ``sam_every``); the others are base-optimizer steps on the plain
+    gradient (one forward-backward).
+
+    From the fraction ``start`` of training progress on (late SAM, Zhou et al., ICLR
+    2025), counting the steps taken since then: steps 0, ``every``, 2 ``every``, ...
+    (intermittent SAM as in LookSAM, Liu et al., CVPR 2022, but without LookSAM's
+    reuse of the last SAM gradient's orthogonal component on the steps between).
+    A step that would overrun a gradient-evaluation budget by one is plain, so the
+    budget is spent exactly."""
+
+    start: float = 0.0
+    every: int = 1
+
+    @property
+    def always(self) -> bool:
+        return self.start == 0 and self.every == 1
+
+    def begun(self, progress: float) -> bool:
+        """Whether a step at ``progress`` (:func:`training_progress`) counts as after ``start``."""
+        return progress >= self.start
+
+    def two_pass_at(self, steps_since_start: int, progress: float, evals_left: int | None = None) -> bool:
+        return (self.begun(progress) and steps_since_start % self.every == 0
+                and (evals_left is None or evals_left >= 2))
+
+
+def _evaluations(steps: list[int], timing: SamTiming) -> int:
+    """Gradient evaluations of an unbudgeted trial's steps (``steps`` per epoch)."""
+    evals, since = 0, 0
+    for epoch, n in enumerate(steps):
+        for i in range(n):
+            progress = training_progress(len(steps), epoch, i, n)
+            evals += 1 + timing.two_pass_at(since, progress)
+            since += timing.begun(progress)
+    return evals
+
+
+@functools.lru_cache(maxsize=16)
+def _budget_evaluations(timing: SamTiming, budget: int) -> tuple[int, ...]:
+    """Gradient evaluations after each step of a trial with a budget of them, until it
+    is spent: its progress is the fraction spent, so the pattern holds for any epochs."""
+    spent, evals, since = [], 0, 0
+    while evals < budget:
+        progress = training_progress(1, 0, 0, 1, evals, budget)
+        evals += 1 + timing.two_pass_at(since, progress, budget - evals)
+        since += timing.begun(progress)
+        spent.append(evals)
+    return tuple(spent)

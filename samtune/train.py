@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from samtune import schema, sharpness
+from samtune import probes, schema, sharpness
 from samtune.augment import BatchMixer, image_transform, to_uint8
 from samtune.config import TrialConfig
 from samtune.data import fixed_batches
@@ -38,7 +38,7 @@ from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
 from samtune.optim.distributed import average_directions
 from samtune.replica import SINGLE, Replica
-from samtune.schedules import TrialSchedule
+from samtune.schedules import TrialSchedule, training_progress
 from samtune.trial_data import (
     EvalSplit,
     cached_dataset,
@@ -50,7 +50,8 @@ from samtune.trial_data import (
 )
 from samtune.worker_loader import WorkerLoader
 
-CHECKPOINT_VERSION = 4  # 3: the batch mixer's generator state ("mixer"); 4: every worker's RNG state
+# 3: the batch mixer's generator state ("mixer"); 4: every worker's RNG state; 5: steps since sam_start
+CHECKPOINT_VERSION = 5
 __all__ = ["Trial", "TrialResult", "cached_dataset", "train"]
 
 
@@ -81,6 +82,7 @@ class LoopState:
     samples_seen: int = 0
     gradient_evaluations: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    sam_steps: int = 0  # steps taken since sam_start: sam_every counts from the first
 
     def spent(self, unit: str) -> int:
         return {"steps": self.steps, "samples": self.samples_seen,
@@ -176,6 +178,7 @@ class Trial:
             "samples_seen": self.state.samples_seen,
             "gradient_evaluations": self.state.gradient_evaluations,
             "history": list(self.state.history),
+            "sam_steps": self.state.sam_steps,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = self.replica.gather(torch.cuda.get_rng_state(self.device))
@@ -196,7 +199,7 @@ class Trial:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"][self.replica.rank], self.device)
         self.state = LoopState(state["epoch"], state["steps"], state["samples_seen"],
-                               state["gradient_evaluations"], list(state["history"]))
+                               state["gradient_evaluations"], list(state["history"]), state["sam_steps"])
 
     # -- the loop ------------------------------------------------------------
     def autocast(self):
@@ -204,28 +207,52 @@ class Trial:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor,
-                   targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None = None,
+                   two_pass: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on batch x; the loss is taken against ``targets`` (soft labels of a
-        mixed batch; default y) in both passes, the error count against y."""
+        mixed batch; default y) in both passes, the error count against y.  ``two_pass``
+        False makes a SAM-family trial take a plain step (default: the optimizer's kind)."""
         targets = y if targets is None else targets
+        if not (self.two_pass if two_pass is None else two_pass):
+            return self.plain_step(x, y, targets)
         # a SAM step's two passes stay local to each worker: only the final
-        # direction is averaged (in second_step); a one-pass step syncs in backward
-        with self._no_sync() if self.two_pass else contextlib.nullcontext():
+        # direction is averaged (in second_step)
+        with self._no_sync():
             with self.autocast():
                 outputs = self.forward_model(x)
                 loss = self.loss_fn(outputs, targets)
             loss.backward()
-            if self.two_pass:
-                self.optimizer.first_step(zero_grad=True)
-                with frozen_bn_stats(self.model), self.autocast():
-                    self.loss_fn(self.forward_model(x), targets).backward()
-        if self.two_pass:
-            self.optimizer.second_step(zero_grad=True)
-        else:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.first_step(zero_grad=True)
+            with frozen_bn_stats(self.model), self.autocast():
+                self.loss_fn(self.forward_model(x), targets).backward()
+        self.optimizer.second_step(zero_grad=True)
         return loss.detach(), (outputs.detach().argmax(1) != y).sum()
+
+    def plain_step(self, x: torch.Tensor, y: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward-backward and a base-optimizer step on the plain gradient, which
+        DDP averages in backward.  A SAM wrapper's base optimizer shares its param
+        groups (lr, momentum buffers), and no first_step leaves it mid-update."""
+        with self.autocast():
+            outputs = self.forward_model(x)
+            loss = self.loss_fn(outputs, targets)
+        loss.backward()
+        getattr(self.optimizer, "base_optimizer", self.optimizer).step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), (outputs.detach().argmax(1) != y).sum()
+
+    def two_pass_now(self, epoch: int, i: int, steps_per_epoch: int) -> bool:
+        """Whether step i of the epoch takes the two-pass update (the trial's
+        ``sam_timing``); counts it among the steps since sam_start."""
+        timing, config = self.config.sam_timing, self.config
+        if timing is None:
+            return False
+        spent = 0 if config.budget is None else self.state.spent(config.budget_unit)
+        progress = training_progress(config.epochs, epoch, i, steps_per_epoch, spent, config.budget)
+        evals_left = self.budget_left() if self.config.budget_unit == "gradient_evaluations" else None
+        two_pass = timing.two_pass_at(self.state.sam_steps, progress, evals_left)
+        self.state.sam_steps += timing.begun(progress)
+        return two_pass
 
     def _no_sync(self):
         return self.forward_model.no_sync() if self.replica.distributed else contextlib.nullcontext()
@@ -279,13 +306,14 @@ class Trial:
                 group["lr"] = self.schedule.lr(progress, batch)
             set_rho(self.optimizer, self.schedule.rho(progress))
             x, targets = (x, y) if self.mixer is None else self.mixer(x, y)
-            loss, errors = self.train_step(x, y, targets)
+            two_pass = self.two_pass_now(epoch, i, steps_per_epoch)
+            loss, errors = self.train_step(x, y, targets, two_pass)
             loss_sum += loss * y.numel()
             wrong += errors
             seen += y.numel()
             self.state.steps += 1
             self.state.samples_seen += global_batch
-            self.state.gradient_evaluations += self.config.evals_per_step
+            self.state.gradient_evaluations += 2 if two_pass else 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
@@ -331,7 +359,19 @@ class Trial:
             "steps": self.state.steps, "samples_seen": self.state.samples_seen,
             "gradient_evaluations": self.state.gradient_evaluations,
             "epoch_seconds": stats["epoch_seconds"], "samples_per_second": stats["samples_per_second"],
-        }
+        } | (self.probe(epoch, int(stats["batch_size"])) if self.config.probes else {})
+
+    def probe(self, epoch: int, batch: int) -> dict[str, float]:
+        """The theory probes (samtune.probes) of the weights after ``epoch``: the trial's
+        direction at the ρ the schedule gives there, mini-batches of the epoch's (global)
+        batch size, drawn the same on every worker."""
+        config = self.config
+        x, y = first_examples(self.data, config.probe_examples, self.device)
+        rho = self.schedule.rho(self.elapsed(epoch + 1, 0, 1))
+        direction = probes.Direction.of_optimizer(config.optimizer, rho=rho, alpha=config.alpha,
+                                                  adaptive=config.adaptive, eta=config.eta)
+        batches = probes.draw_batches(len(y), batch, config.probe_batches, seed=config.seed * 1_000_003 + epoch)
+        return probes.probe_metrics(self.model, self.loss_fn, x, y, direction, batches, chunk=batch)
 
     def measure_sharpness(self, names: tuple[str, ...] | None = None) -> tuple[dict[str, float], dict[str, str]]:
         """The configured measures (or ``names``) of the model as it is now, on the
