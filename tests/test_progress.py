@@ -99,6 +99,16 @@ def test_plain_style_prints_a_status_line_at_most_every_30_s():
     assert "a_00000 epoch 1/12 test_error 0.3000 1m00s" in stream.take()
 
 
+def test_status_line_counts_the_schedulers_progress_unit():
+    clock, stream = Clock(), Stream(False)
+    callback = SearchProgress("test_error", "min", 2, stream=stream, clock=clock, unit="gradient_evaluations")
+    a = trial("a_00000", config={"epochs": 4})
+    start(callback, clock, [a], at=0.0)
+    callback.on_trial_result(0, [a], a, {"epoch": 1, "test_error": 0.3, "gradient_evaluations": 24})
+    step(callback, clock, [a], 30.0)
+    assert "a_00000 epoch 1/4 gradient_evaluations 24 test_error 0.3000 30s" in stream.take()
+
+
 def test_first_status_line_comes_once_a_trial_runs():
     """A period with nothing running (Ray still starting its workers) prints nothing
     and does not postpone the first status line."""

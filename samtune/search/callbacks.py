@@ -94,6 +94,7 @@ class _Running:
     epoch: int | None = None
     total: int | None = None
     test_error: float | None = None
+    spent: float | None = None  # the progress unit's count, when it is not epochs
 
 
 class SearchProgress(tune.Callback):
@@ -111,10 +112,13 @@ class SearchProgress(tune.Callback):
     (default ``time.monotonic``) are for tests."""
 
     def __init__(self, metric: str, mode: str, total: int, *, stream=None, clock=None,
-                 style: str | None = None):
+                 style: str | None = None, unit: str | None = None):
         if style is not None and style not in PROGRESS_STYLES:
             raise ValueError(f"style = {style!r}: allowed {', '.join(PROGRESS_STYLES)}")
         self.metric, self.mode, self.total = metric, mode, total
+        # what the scheduler counts progress in besides epochs (gradient_evaluations,
+        # samples_seen): shown beside each running trial's epoch
+        self.unit = unit
         self._stream, self._clock, self._style = stream, clock, style
         self._reset()
 
@@ -142,6 +146,8 @@ class SearchProgress(tune.Callback):
         state.total = self._planned_epochs(trial, result) or state.total
         if "test_error" in result:
             state.test_error = result["test_error"]
+        if self.unit and self.unit in result:
+            state.spent = result[self.unit]
 
     def on_step_end(self, iteration, trials, **info):
         now = self._now()
@@ -228,9 +234,10 @@ class SearchProgress(tune.Callback):
         total = "?" if state.total is None else str(state.total)
         epoch = "-" if state.epoch is None else str(state.epoch)
         elapsed = _duration(self._now() - state.started)
+        spent = f" {self.unit} {'-' if state.spent is None else int(state.spent)}" if self.unit else ""
         if not live:
-            return f"{trial_id} epoch {epoch}/{total} test_error {_number(state.test_error)} {elapsed}"
-        return (f"  {trial_id}  epoch {epoch:>{len(total)}}/{total}  "
+            return f"{trial_id} epoch {epoch}/{total}{spent} test_error {_number(state.test_error)} {elapsed}"
+        return (f"  {trial_id}  epoch {epoch:>{len(total)}}/{total}{spent}  "
                 f"test_error {_number(state.test_error):>6}  {elapsed:>6}")
 
     def _write(self, text: str) -> None:

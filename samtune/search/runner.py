@@ -142,6 +142,12 @@ def _run_config(spec: SearchSpec, storage: str, ray_name: str, callbacks):
         stop=finished if population else None)
 
 
+def progress_unit(spec: SearchSpec) -> str | None:
+    """What ASHA counts besides epochs, for the progress lines (None: epochs only)."""
+    time_attr = getattr(spec.scheduler, "time_attr", "epoch")
+    return None if time_attr == "epoch" else time_attr
+
+
 def finished(trial_id: str, result: dict[str, Any]) -> bool:
     """A trial's last result carries its status.  Stopping on it keeps PBT from cloning
     into a trial that is done, which would train it again from its donor's state."""
@@ -289,7 +295,8 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
         tuner = tune.Tuner.restore(opened.ray_path, trainable=bound, resume_errored=True)
     else:
         callbacks = [MlflowRunCloser(tracker, experiment_id, opened.parent_run_id),
-                     SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], spec.total_trials)]
+                     SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], spec.total_trials,
+                                    unit=progress_unit(spec))]
         tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec),
                            run_config=_run_config(spec, storage_path, opened.ray_name,
                                                   callbacks))
