@@ -82,7 +82,9 @@ def parse_spec(text: str) -> tuple[dict[str, str], Objective | None]:
     (None when it names no objective: the spec's default applies)."""
     import yaml
 
-    data = yaml.safe_load(text) or {}
+    data = yaml.safe_load(text)
+    if not isinstance(data, Mapping):
+        return {}, None
     kinds = {}
     for key, dist in (data.get("search") or {}).items():
         found = [k for k in ("uniform", LOG, "int", CHOICE) if isinstance(dist, Mapping) and k in dist]
@@ -109,13 +111,19 @@ def _spec_text(client, run_id: str) -> str | None:
 def read_search_space(tracking_uri: str | None, parents: pd.Series, declared: Sequence[str]) -> SearchSpace:
     """The search space of the trials whose parent runs are ``parents`` (one entry per
     trial): kinds merged over the parents, the objective of the parent with most trials."""
+    import yaml
+
     client = mlflow_client(tracking_uri)
     kinds, objectives, notes = {}, {}, []
     for parent, _ in parents.dropna().value_counts().items():
         text = _spec_text(client, parent)
         if text is None:
             continue
-        found, objective = parse_spec(text)
+        try:
+            found, objective = parse_spec(text)
+        except yaml.YAMLError as error:
+            notes.append(f"The {ARTIFACT_SEARCH_SPEC} of search run {parent} could not be read ({error}).")
+            continue
         kinds = {**found, **kinds}
         objectives[parent] = objective or Objective(*DEFAULT_OBJECTIVE)
     if not objectives:
@@ -214,10 +222,8 @@ def target_importances(study: Study, seed: int) -> dict[str, dict[str, float]]:
     """evaluator → key → importance (normalized to sum 1).  fANOVA assesses only keys
     every trial has (Optuna's default: a conditional key would restrict it to the trials
     that sampled it); PED-ANOVA assesses every key."""
-    import optuna
     from optuna.importance import get_param_importances
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = {}
     with warnings.catch_warnings():
         # e.g. "target and region quantiles select the same set": the numbers say so too
@@ -231,18 +237,34 @@ def importance_table(usable: pd.DataFrame, dists: Mapping[str, BaseDistribution]
                      targets: Mapping[str, str], seed: int) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """Long table ``target, mode, evaluator, key, importance, n_trials`` over ``targets``
     (column → mode); notes name the targets with too few finite values."""
+    import optuna
+
     rows, notes = [], []
-    for target, mode in targets.items():
-        study = build_study(usable, dists, target, mode)
-        if len(study.trials) < MIN_IMPORTANCE_TRIALS:
-            notes.append(f"{target}: {len(study.trials)} comparable trials with a value, "
-                         f"fewer than {MIN_IMPORTANCE_TRIALS}; not assessed.")
-            continue
-        for evaluator, found in target_importances(study, seed).items():
-            rows += [{"target": target, "mode": mode, "evaluator": evaluator, "key": key,
-                      "importance": found.get(key, np.nan), "n_trials": len(study.trials)} for key in dists]
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # one "study created" line per target otherwise
+    try:
+        for target, mode in targets.items():
+            study = build_study(usable, dists, target, mode)
+            reason = _unassessable(study)
+            if reason:
+                notes.append(f"{target}: {reason}; not assessed.")
+                continue
+            for evaluator, found in target_importances(study, seed).items():
+                rows += [{"target": target, "mode": mode, "evaluator": evaluator, "key": key,
+                          "importance": found.get(key, np.nan), "n_trials": len(study.trials)} for key in dists]
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     columns = ["target", "mode", "evaluator", "key", "importance", "n_trials"]
     return pd.DataFrame(rows, columns=columns), tuple(notes)
+
+
+def _unassessable(study: Study) -> str:
+    values = [t.value for t in study.trials]
+    if len(values) < MIN_IMPORTANCE_TRIALS:
+        return f"{len(values)} comparable trials with a value, fewer than {MIN_IMPORTANCE_TRIALS}"
+    if len(set(values)) < 2:
+        return "the same value in every trial"    # no variance for fANOVA to attribute
+    return ""
 
 
 def importance_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -355,7 +377,9 @@ def _importance_section(usable: pd.DataFrame, dists: Mapping[str, BaseDistributi
             "better). PED-ANOVA: how much reaching the target's best trials depends on the key; fANOVA: the "
             f"share of the target's variance a random forest (seed {seed}) attributes to the key. The "
             "importances of one target and evaluator sum to 1.",)
-    notes = (*notes, *_conditional_note(usable, dists), *skipped)
+    absent = [m for m in space.objective.metrics if m not in targets]
+    notes = (*notes, *_conditional_note(usable, dists), *skipped,
+             *(f"{m}: objective metric without a column among the comparable trials; not assessed." for m in absent))
     shown = importance_display(table) if not table.empty else None
     return Section(IMPORTANCE, text, table=shown, notes=notes), {"importance": table}
 

@@ -11,7 +11,10 @@ by construction.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,9 +23,15 @@ from mlflow.tracking import MlflowClient
 
 from analysis.search_view import (
     MIN_IMPORTANCE_TRIALS,
+    Objective,
+    SearchSpace,
+    importance_display,
+    importance_table,
     infer_distribution,
     non_dominated,
     parse_spec,
+    read_search_space,
+    search_distributions,
 )
 
 IMPORTANCE = "search-importance"
@@ -108,7 +117,8 @@ def store(tmp_path_factory):
     exp = client.create_experiment(PARETO, artifact_location=(root / "art-pareto").as_uri())
     parent = _search_run(client, exp, "rho,alpha", PARETO_SPEC)
     for i, (name, (test_error, sharpness)) in enumerate(PARETO_POINTS.items()):
-        params = {"rho": 0.01 * (i + 1), "alpha": 0.05 * i, "seed": 0, "lr": 0.1, "batch_size": 16}
+        params = {"rho": 0.01 * (i + 1), "alpha": (0.3, 0.1, 0.5, 0.0, 0.2, 0.4)[i], "seed": 0, "lr": 0.1,
+                  "batch_size": 16}
         _log_trial(client, exp, parent, name, params, _final(test_error, sharpness, 0.01 * (i + 1)))
     return {"uri": uri, "probed": probed}
 
@@ -193,13 +203,34 @@ def test_importance_ranks_the_key_the_target_depends_on(importance_report):
     assert {"final_test_error", "sharpness_harada"} <= set(table["target"])
 
 
-def test_importance_is_reproducible(importance_report, store, tmp_path):
-    from analysis import build_report
+def _conditional_frame(n=24):
+    rng = np.random.default_rng(3)
+    shape = np.array(["constant", "cosine", "polynomial"] * (n // 3))
+    frame = pd.DataFrame({"rho": np.exp(np.linspace(-4.6, 0.0, n)), "alpha": rng.uniform(0, 0.5, n),
+                          "lr_shape": shape,
+                          "lr_power": np.where(shape == "polynomial", rng.uniform(0.5, 3.0, n), np.nan)})
+    frame["final_test_error"] = 0.3 + 0.05 * np.log(frame["rho"]) + rng.normal(0, 0.002, n)
+    frame["sharpness_flat"] = 1.0
+    kinds = {"rho": "loguniform", "alpha": "uniform", "lr_shape": "choice"}
+    space = SearchSpace(("rho", "alpha", "lr_shape", "lr_power"), kinds, Objective(("final_test_error",), ("min",)))
+    return frame, space
 
-    again = build_report(IMPORTANCE, tracking_uri=store["uri"], out_dir=tmp_path, log_to_mlflow=False,
-                         n_resamples=49)
-    first = pd.read_csv(importance_report.out_dir / "importance.csv")
-    pd.testing.assert_frame_equal(first, pd.read_csv(again.out_dir / "importance.csv"))
+
+def test_importance_conditional_key_constant_target_and_reproducible():
+    frame, space = _conditional_frame()
+    dists, notes = search_distributions(frame, space)
+    assert dists["rho"].log and not dists["alpha"].log and notes == ()
+    targets = {"final_test_error": "min", "sharpness_flat": "min"}
+    table, skipped = importance_table(frame, dists, targets, seed=0)
+    assert skipped == ("sharpness_flat: the same value in every trial; not assessed.",)
+    power = table.set_index(["evaluator", "key"]).loc[:, "importance"]
+    # fANOVA would keep only the trials that sampled lr_power: it leaves the key out
+    assert np.isnan(power["fANOVA", "lr_power"]) and np.isfinite(power["PED-ANOVA", "lr_power"])
+    assert power["fANOVA"].idxmax() == power["PED-ANOVA"].idxmax() == "rho"
+    again, _ = importance_table(frame, dists, targets, seed=0)
+    pd.testing.assert_frame_equal(table, again)
+    shown = importance_display(table)
+    assert list(shown.columns) == ["target", "evaluator", "n", "rho", "alpha", "lr_shape", "lr_power"]
 
 
 def test_report_shows_the_search_sections(importance_report):
@@ -248,3 +279,22 @@ def test_too_few_trials_skip_importance_with_the_reason(pareto_report):
     assert not (pareto_report.out_dir / "importance.csv").exists()
     probes = markdown.split("## Theory probes", 1)[1].split("\n## ", 1)[0]
     assert "No comparable trial logged the theory probes" in probes
+
+
+def test_importance_imports_neither_torch_nor_ray():
+    code = ("import sys; sys.path.insert(0, 'tests'); "
+            "from test_analysis_search_view import _conditional_frame; "
+            "from analysis.search_view import importance_table, search_distributions; "
+            "frame, space = _conditional_frame(); dists, _ = search_distributions(frame, space); "
+            "importance_table(frame, dists, {'final_test_error': 'min'}, seed=0); "
+            "heavy = {'torch', 'ray'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_search_space_without_spec_artifact_says_what_it_assumed(store):
+    client = MlflowClient(store["uri"])
+    experiment = client.create_experiment("no-spec")
+    parent = client.create_run(experiment, run_name="search", tags={"samtune.kind": "search"}).info.run_id
+    space = read_search_space(store["uri"], pd.Series([parent, parent, None]), ("rho",))
+    assert space.objective == Objective(("final_test_error",), ("min",)) and space.kinds == {}
+    assert len(space.notes) == 1 and "No search.yaml" in space.notes[0]
