@@ -66,10 +66,19 @@ def test_asha_horizon_defaults_to_what_a_trial_can_reach():
 def test_pbt_mutates_the_searched_keys_and_pb2_their_bounds():
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers.pb2 import PB2
+    from ray.tune.schedulers.pbt import _explore
 
-    pbt = _tune_config(spec_with({"pbt": {"interval": 2, "quantile": 0.5}})).scheduler
+    pbt = _tune_config(spec_with({"pbt": {"interval": 2, "quantile": 0.5}},
+                                 search={"lr": {"loguniform": [0.01, 0.1]}, "batch_size": {"choice": [16, 32, 64]}},
+                                 trial={"epochs": 4, "batch_growth_ratio": 1.0, "batch_stages": 1})).scheduler
     assert isinstance(pbt, PopulationBasedTraining) and not isinstance(pbt, PB2)
-    assert set(pbt._hyperparam_mutations) == {"lr", "rho"} and pbt._perturbation_interval == 2
+    assert set(pbt._hyperparam_mutations) == {"lr", "batch_size"} and pbt._perturbation_interval == 2
+    # a choice moves to a neighbouring value; scaled by 0.8 or 1.2 it would leave the choices
+    assert pbt._hyperparam_mutations["batch_size"] == [16, 32, 64]
+    config = {"lr": 0.05, "batch_size": 32}
+    for _ in range(20):
+        explored, _ = _explore(config, pbt._hyperparam_mutations, 0.0, pbt._perturbation_factors, None)
+        assert explored["batch_size"] in (16, 32, 64)
     pb2 = _tune_config(spec_with({"pb2": {"mutate": ["rho"]}})).scheduler
     assert isinstance(pb2, PB2) and pb2._hyperparam_bounds == {"rho": [0.01, 0.1]}
 

@@ -59,6 +59,15 @@ def _param_space(spec: SearchSpec) -> dict[str, Any]:
     return space
 
 
+def _mutation(dist):
+    """How PBT perturbs a key: a choice as a list (PBT then moves to a neighbouring
+    value; given as a Tune domain it would multiply it by 0.8 or 1.2, leaving the
+    choices), a range as its Tune domain (scaled, or resampled from it)."""
+    from samtune.spec import Choice
+
+    return list(dist.values) if isinstance(dist, Choice) else tune_domain(dist)
+
+
 def tune_domain(dist):
     """A search distribution as Ray Tune's sampling domain (what PBT resamples from)."""
     from ray import tune
@@ -122,7 +131,7 @@ def _population_scheduler(spec: SearchSpec):
     if spec.scheduler_name == "pb2":
         return PB2(hyperparam_bounds={key: list(searched[key].values) for key in spec.mutated_keys}, **common)
     return PopulationBasedTraining(
-        hyperparam_mutations={key: tune_domain(searched[key]) for key in spec.mutated_keys},
+        hyperparam_mutations={key: _mutation(searched[key]) for key in spec.mutated_keys},
         resample_probability=section.resample_probability, **common)
 
 
