@@ -123,6 +123,28 @@ def test_a_late_sam_budget_gets_the_epochs_its_step_pattern_needs():
         make_trial_config(values | {"epochs": 3, "budget": 44, "budget_unit": "gradient_evaluations"})
 
 
+class StopAfterFirstEpoch:
+    def __init__(self):
+        self.saved = None
+
+    def on_epoch(self, record, checkpoint, final):
+        self.saved = checkpoint()
+        raise KeyboardInterrupt
+
+
+def test_a_resumed_late_sam_trial_keeps_counting_from_sam_start():
+    # sam_start 0.4 of 2 epochs begins inside the first: the count since then crosses the checkpoint
+    config = make_trial_config(FAST | {"optimizer": "sam", "epochs": 2, "sam_start": 0.4, "sam_every": 5})
+    whole = train(config)
+    stopped = StopAfterFirstEpoch()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, stopped)
+    assert stopped.saved["sam_steps"] == 12 - math.ceil(0.4 * 24)
+    resumed = train(config, resume=stopped.saved)
+    for key in ("gradient_evaluations", "train_loss", "test_loss"):
+        assert resumed.history[-1][key] == whole.history[-1][key], key
+
+
 # -- data-parallel: a plain step's gradient is averaged by DDP -------------------------
 def free_port() -> int:
     with socket.socket() as sock:
