@@ -189,6 +189,7 @@ class Trial:
             raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._apply_group_values()
         self.loader.load_state_dict(state["loader"])
         if self.mixer is not None:
             self.mixer.load_state_dict(state["mixer"])
@@ -200,6 +201,15 @@ class Trial:
             torch.cuda.set_rng_state(state["cuda_rng"][self.replica.rank], self.device)
         self.state = LoopState(state["epoch"], state["steps"], state["samples_seen"],
                                state["gradient_evaluations"], list(state["history"]), state["sam_steps"])
+
+    def _apply_group_values(self) -> None:
+        """This config's optimizer values over those a loaded state brought: population-based
+        training restores a donor's checkpoint into a trial with perturbed values (lr and ρ
+        are set before every step anyway)."""
+        values = {"alpha": self.config.alpha, "weight_decay": self.config.weight_decay,
+                  "momentum": self.config.momentum}
+        for group in self.optimizer.param_groups:
+            group.update({key: value for key, value in values.items() if key in group})
 
     # -- the loop ------------------------------------------------------------
     def autocast(self):
