@@ -98,3 +98,17 @@ def test_pbt_mutates_the_searched_keys_and_pb2_their_bounds():
 def test_scheduler_mistakes_are_refused(scheduler, extra, fragment):
     with pytest.raises(ConfigError, match=fragment):
         spec_with(scheduler, **extra)
+
+
+def test_a_clone_trains_with_its_own_values_not_its_donors():
+    """PBT restores a donor's checkpoint into a trial with perturbed values: the optimizer
+    state comes from the donor, its hyperparameters from the clone's config."""
+    from samtune.config import make_trial_config
+    from samtune.train import Trial
+
+    common = {"optimizer": "gsam", "epochs": 2, "sharpness": [], "device": "cpu", "num_threads": 1}
+    donor = Trial(make_trial_config(common | {"alpha": 0.1, "weight_decay": 5e-4, "momentum": 0.9}))
+    clone = Trial(make_trial_config(common | {"alpha": 0.3, "weight_decay": 1e-3, "momentum": 0.5}))
+    clone.restore(donor.checkpoint())
+    for group in clone.optimizer.param_groups:
+        assert (group["alpha"], group["weight_decay"], group["momentum"]) == (0.3, 1e-3, 0.5)
