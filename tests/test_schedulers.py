@@ -106,7 +106,7 @@ def test_a_clone_trains_with_its_own_values_not_its_donors():
     from samtune.config import make_trial_config
     from samtune.train import Trial
 
-    common = {"optimizer": "gsam", "epochs": 2, "sharpness": [], "device": "cpu", "num_threads": 1}
+    common = {"optimizer": "gsam", "epochs": 2, "batch_stages": 1, "sharpness": [], "device": "cpu", "num_threads": 1}
     donor = Trial(make_trial_config(common | {"alpha": 0.1, "weight_decay": 5e-4, "momentum": 0.9}))
     clone = Trial(make_trial_config(common | {"alpha": 0.3, "weight_decay": 1e-3, "momentum": 0.5}))
     clone.restore(donor.checkpoint())
