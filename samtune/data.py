@@ -222,7 +222,37 @@ def pad_images(
 # Loader
 
 
-class DeviceLoader:
+class EpochLoader:
+    """The contract of a training loader: ``batch_size`` may be set between epochs, and
+    all of an epoch's randomness is drawn from the loader's own generator when the epoch
+    starts, so ``state_dict()`` (generator and epoch count) taken between epochs makes a
+    restored loader yield exactly the batches the original would have."""
+
+    _generator: torch.Generator
+    epoch: int
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {value!r}")
+        self._batch_size = value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"generator", "epoch"} - set(state)
+        if missing:
+            raise ValueError(f"loader state is missing keys {sorted(missing)}, got keys {sorted(state)}")
+        self._generator.set_state(state["generator"].cpu())
+        self.epoch = int(state["epoch"])
+
+
+class DeviceLoader(EpochLoader):
     """Iterate (x, y) batches of tensors that already sit on their device.
 
     Each `iter()` is one epoch: it draws an `EpochPlan` from the loader's own seeded
@@ -292,16 +322,6 @@ class DeviceLoader:
         self.epoch = 0
         self._generator = torch.Generator().manual_seed(seed)
 
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {value!r}")
-        self._batch_size = value
-
     def __len__(self) -> int:
         """Number of batches in an epoch at the current batch size."""
         n = len(self.x) * self.passes
@@ -349,15 +369,6 @@ class DeviceLoader:
                     None if boxes is None else boxes[start:stop])
             yield xb, yb
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state(), "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"generator", "epoch"} - set(state)
-        if missing:
-            raise ValueError(f"loader state is missing keys {sorted(missing)}, got keys {sorted(state)}")
-        self._generator.set_state(state["generator"].cpu())
-        self.epoch = int(state["epoch"])
 
 
 def fixed_batches(x: Tensor, y: Tensor, *, n_examples: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:

@@ -15,14 +15,14 @@ whatever the number of workers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from samtune.augment import seeded
-from samtune.data import draw_passes_plan
+from samtune.data import EpochLoader, draw_passes_plan
 
 SEED_BOUND = 2**62
 
@@ -65,7 +65,7 @@ class PlannedBatches:
             yield pairs[k * self.batch_size:(k + 1) * self.batch_size]
 
 
-class WorkerLoader:
+class WorkerLoader(EpochLoader):
     """Shuffled, drop_last training batches of `transform`ed uint8 images, on `device`.
 
     `images` (uint8 NCHW) and `labels` are moved to CPU shared memory, so worker processes
@@ -104,16 +104,6 @@ class WorkerLoader:
             num_workers=workers, persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
         )
 
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {value!r}")
-        self._batch_size = value
-
     def __len__(self) -> int:
         """Number of batches in an epoch at the current batch size."""
         return len(self.images) * self.passes // self.batch_size
@@ -140,12 +130,3 @@ class WorkerLoader:
         for x, y in batches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state(), "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"generator", "epoch"} - set(state)
-        if missing:
-            raise ValueError(f"loader state is missing keys {sorted(missing)}, got keys {sorted(state)}")
-        self._generator.set_state(state["generator"].cpu())
-        self.epoch = int(state["epoch"])
