@@ -107,8 +107,9 @@ REFUSED = [
      ["trial.model = 'vit_huge'", "'vit_tiny', 'vit_small'"], []),
     ("vit-option-on-a-cnn", {"grid": {"drop_path": [0.0, 0.1]}, "search": None}, [],
      ["drop_path = 0.1 applies to the ViT models only", "model = 'small_cnn'"], []),
-    ("more-workers-than-the-cluster-places", {"resources": {"cpu": 1, "workers": 1024}}, [],
-     ["resources.workers = 1024", "workers of 1 CPU and 0 GPU each", "allowed: workers <="], [pytest.mark.slow]),
+    ("more-workers-than-the-cluster-places",
+     {"resources": {"cpu": 1, "workers": 512}, "trial": {"batch_size": 512, "batch_growth_ratio": 1.0}}, [],
+     ["resources.workers = 512", "workers of 1 CPU and 0 GPU each", "allowed: workers <="], [pytest.mark.slow]),
     ("loader-workers-beyond-cpus", {"trial": {"autoaugment": True, "loader_workers": 4}}, [],
      ["trial.loader_workers = 4 needs resources.cpu >= 5", "resources.cpu = 1"], []),
 ]
