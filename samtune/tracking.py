@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from samtune import schema  # noqa: E402
@@ -319,7 +320,7 @@ class Tracker:
         """Record a loaded data set (:class:`~samtune.data.TensorData`) as the run's
         dataset inputs: its train split (context ``training``) and its test split
         (``evaluation``), each with name, source and content digest."""
-        self.client.log_inputs(run_id, datasets=[r.to_input() for r in dataset_records(data, root)])
+        self._log_inputs(run_id, dataset_records(data, root))
 
     def log_trial_dataset(self, run_id: str, config) -> None:
         """Record the data set a trial with ``config`` trains on.  It is loaded through
@@ -330,7 +331,19 @@ class Tracker:
 
         data = open_trial_data(config, resolve_device(config.device))
         records = streamed_records(data, config.data_dir) if config.streams else dataset_records(data, config.data_dir)
-        self.client.log_inputs(run_id, datasets=[r.to_input() for r in records])
+        self._log_inputs(run_id, records)
+
+    def _log_inputs(self, run_id: str, records: Iterable[DatasetRecord]) -> None:
+        """Link the data set records to the run.  Trials of one experiment starting together
+        may register the same data set at once; the store's unique key then refuses the
+        later insert, and a second attempt finds the row the first one wrote."""
+        inputs = [r.to_input() for r in records]
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as err:
+            if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
+                raise
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def has_dataset(self, run_id: str) -> bool:
         return bool(self.client.get_run(run_id).inputs.dataset_inputs)

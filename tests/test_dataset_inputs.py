@@ -111,6 +111,38 @@ def test_log_dataset_writes_both_inputs_once(tmp_path):
     assert isinstance(dataset_records(data)[0], DatasetRecord)
 
 
+def test_a_data_set_registered_at_the_same_time_by_another_trial_is_linked(tmp_path, monkeypatch):
+    """Two trials of one experiment starting together insert the same data set row; the
+    store's unique key refuses the later insert (sqlite: IntegrityError), and the run must
+    still get its inputs.  The refusal is replayed here for the first call."""
+    from mlflow.exceptions import MlflowException
+
+    from samtune.data import load_dataset
+
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/store.db")
+    experiment_id = tracker.ensure_experiment("datasets")
+    run_id = tracker.start_trial_run(experiment_id, params={}, run_name="r", trial_id="t1")
+    real, calls = tracker.client.log_inputs, []
+
+    def refused_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_inputs", refused_once)
+    tracker.log_dataset(run_id, load_dataset("digits"))
+    assert len(calls) == 2 and len(tracker.client.get_run(run_id).inputs.dataset_inputs) == 2
+
+    def broken(*args, **kwargs):
+        raise MlflowException("the store is read-only")
+
+    monkeypatch.setattr(tracker.client, "log_inputs", broken)
+    with pytest.raises(MlflowException, match="read-only"):  # other errors are not retried
+        tracker.log_dataset(run_id, load_dataset("digits"))
+
+
 def failing_once_after_first_epoch(marker_dir):
     """samtune's trainable, but each trial raises once right after its epoch-1 report
     (with its checkpoint), so that Ray retries it from that checkpoint."""
