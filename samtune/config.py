@@ -125,7 +125,9 @@ class HyperParams(ScheduleParams):
     @property
     def pipeline(self) -> str:
         """Where training batches are made (``schema.PIPELINES``): per-image policies
-        need worker processes; crop and flip run batched on the trial's device."""
+        (AutoAugment, RandomErasing) where ``augment_pipeline`` says, batched on the
+        device or image by image in loader workers; crop and flip alone always batched
+        on the trial's device."""
         per_image = self.autoaugment or self.random_erasing > 0
         return self.augment_pipeline if per_image else "device"
 
