@@ -3,18 +3,18 @@ code: every op, whole sub-policies given the draws, the draw frequencies, Random
 box distribution and erased pixels; then the device loader with the recipe (full pipeline
 per image, batch-size independence, resume) and a digits trial interrupted and resumed."""
 
-import io
 import math
 
 import pytest
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+from trial_sinks import assert_resume_is_exact
 
 from samtune import device_augment as da
 from samtune.config import make_trial_config
 from samtune.data import DeviceLoader, crop_flip, draw_passes_plan
-from samtune.train import Trial, train
+from samtune.train import Trial
 
 TORCHVISION = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -196,32 +196,9 @@ RECIPE = {"autoaugment": True, "random_erasing": 0.5, "cutmix_prob": 0.25, "mixu
           "num_threads": 1, "sharpness": [], "train_eval_examples": 128, "device": "cpu", "epochs": 2}
 
 
-class Recorder:
-    def __init__(self, stop_after=None):
-        self.records, self.checkpoints, self.stop_after = [], [], stop_after
-
-    def on_epoch(self, record, checkpoint, final):
-        self.records.append(record)
-        self.checkpoints.append(checkpoint())
-        if self.stop_after and record["epoch"] == self.stop_after:
-            raise KeyboardInterrupt
-
-
 def test_digits_trial_with_the_device_recipe_resumes_exactly():
     config = make_trial_config(RECIPE)
     assert config.pipeline == "device"
     loader = Trial(config).loader
     assert isinstance(loader, DeviceLoader) and loader.policy.autoaugment and loader.policy.erasing == 0.5
-    full = Recorder()
-    train(config, full)
-    interrupted = Recorder(stop_after=1)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, interrupted)
-    buffer = io.BytesIO()
-    torch.save(interrupted.checkpoints[-1], buffer)
-    buffer.seek(0)
-    resumed = Recorder()
-    train(config, resumed, resume=torch.load(buffer, weights_only=True))
-    assert [r["train_loss"] for r in resumed.records] == [r["train_loss"] for r in full.records[1:]]
-    final_full, final_resumed = full.checkpoints[-1]["model"], resumed.checkpoints[-1]["model"]
-    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+    assert_resume_is_exact(config)

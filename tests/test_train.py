@@ -7,24 +7,13 @@ import math
 import pandas as pd
 import pytest
 import torch
+from trial_sinks import Recorder
 
 from samtune.config import make_trial_config
 from samtune.train import Trial, train
 
 FAST = {"epochs": 4, "batch_size": 32, "batch_growth_ratio": 2.0, "batch_stages": 2,
         "num_threads": 1, "sharpness": [], "train_eval_examples": 256}
-
-
-class Recorder:
-    def __init__(self, stop_after=None):
-        self.records, self.checkpoints, self.final, self.stop_after = [], [], None, stop_after
-
-    def on_epoch(self, record, checkpoint, final):
-        self.records.append(record)
-        self.checkpoints.append(checkpoint())
-        self.final = final
-        if self.stop_after and record["epoch"] == self.stop_after:
-            raise KeyboardInterrupt  # a kill between epochs
 
 
 def test_schedules_drive_batch_lr_and_counters():

@@ -2,10 +2,10 @@
 against the hard labels, budgets over several passes, exact resume, and one
 `samtune train` run of ViT-T on digits with the whole recipe recorded in MLflow."""
 
-import io
 
 import pytest
 import torch
+from trial_sinks import assert_resume_is_exact
 
 from samtune.config import make_trial_config
 from samtune.train import Trial, train
@@ -58,32 +58,9 @@ def test_budget_is_spent_exactly_over_passes(unit, budget):
     assert result.history[0]["steps"] == 797 * 3 // 32
 
 
-class Recorder:
-    def __init__(self, stop_after=None):
-        self.records, self.checkpoints, self.stop_after = [], [], stop_after
-
-    def on_epoch(self, record, checkpoint, final):
-        self.records.append(record)
-        self.checkpoints.append(checkpoint())
-        if self.stop_after and record["epoch"] == self.stop_after:
-            raise KeyboardInterrupt
-
-
 def test_resumed_recipe_trial_is_identical_to_uninterrupted():
     config = make_trial_config(FAST | RECIPE | {"epochs": 2, "epoch_passes": 1, "loader_workers": 1})
-    full = Recorder()
-    train(config, full)
-    interrupted = Recorder(stop_after=1)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, interrupted)
-    buffer = io.BytesIO()
-    torch.save(interrupted.checkpoints[-1], buffer)
-    buffer.seek(0)
-    resumed = Recorder()
-    train(config, resumed, resume=torch.load(buffer, weights_only=True))
-    assert [r["train_loss"] for r in resumed.records] == [r["train_loss"] for r in full.records[1:]]
-    final_full, final_resumed = full.checkpoints[-1]["model"], resumed.checkpoints[-1]["model"]
-    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+    assert_resume_is_exact(config)
 
 
 VIT_RECIPE = RECIPE | {
