@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 search: $(STAMP)
 	$(BIN)/samtune search
-	$(BIN)/samtune report --experiment samtune-default --out reports/samtune-default
+	$(BIN)/samtune report  # the default search's experiment, into reports/<experiment>
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -14,9 +14,8 @@ import pandas as pd
 from analysis import schema, search_figures
 from analysis.load import load_histories
 from analysis.render import FigureRef, Section
-from samtune.schema import PROBE_METRICS
 
-GRAD, MSD = PROBE_METRICS
+GRAD, MSD = schema.PROBE_METRICS
 TITLE, PNG = "Theory probes", "figures/theory_probes.png"
 SCHEDULE = ("batch_size", "lr")
 
@@ -26,9 +25,9 @@ def probe_table(history: pd.DataFrame) -> pd.DataFrame:
     probes and the epoch's batch size and learning rate."""
     wide = history.pivot_table(index=[schema.RUN_ID, "step"], columns="metric", values="value",
                                aggfunc="last").reset_index().rename_axis(columns=None)
-    probes = [m for m in PROBE_METRICS if m in wide]
+    probes = [m for m in schema.PROBE_METRICS if m in wide]
     if not probes:
-        return pd.DataFrame(columns=[schema.RUN_ID, "step", *PROBE_METRICS, *SCHEDULE])
+        return pd.DataFrame(columns=[schema.RUN_ID, "step", *schema.PROBE_METRICS, *SCHEDULE])
     with_probe = wide.loc[wide[probes].notna().any(axis=1), schema.RUN_ID].unique()
     return wide[wide[schema.RUN_ID].isin(with_probe)].reset_index(drop=True)
 
@@ -51,8 +50,8 @@ def trials_listing(wide: pd.DataFrame, usable: pd.DataFrame) -> pd.DataFrame:
     for run_id, run in wide.groupby(schema.RUN_ID, sort=False):
         run = run.sort_values("step")
         row = {"trial": info.at[run_id, schema.TRIAL_ID], "group": info[schema.GROUP].get(run_id, ""),
-               "epochs probed": int(run[[m for m in PROBE_METRICS if m in run]].notna().any(axis=1).sum())}
-        for metric in (m for m in PROBE_METRICS if m in run):
+               "epochs probed": int(run[[m for m in schema.PROBE_METRICS if m in run]].notna().any(axis=1).sum())}
+        for metric in (m for m in schema.PROBE_METRICS if m in run):
             values = run[metric].dropna()
             row[f"last {metric}"] = values.iloc[-1] if len(values) else np.nan
             row[f"min {metric}"] = values.min() if len(values) else np.nan
@@ -67,7 +66,7 @@ def probes_section(usable: pd.DataFrame, history: pd.DataFrame, *, tracking_uri:
     """The probes section over the comparable trials; ``history`` already holds their batch
     size and learning rate per epoch (the probes are fetched here).  One line when no
     trial logged probes."""
-    probes = load_histories(tracking_uri, usable[schema.RUN_ID].tolist(), PROBE_METRICS)
+    probes = load_histories(tracking_uri, usable[schema.RUN_ID].tolist(), schema.PROBE_METRICS)
     if probes.empty:
         return Section(TITLE, ("No comparable trial logged the theory probes (trial key probes off).",))
     schedule = history[history["metric"].isin(SCHEDULE)]

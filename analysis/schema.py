@@ -1,7 +1,8 @@
 """Column names the analysis reads (DESIGN.md, "Names that cross boundaries").
 
 Every name that samtune writes comes from :mod:`samtune.schema` (torch-free, the one
-owner of those names); this module adds only what is the analysis's own: the
+owner of those names), and the other analysis modules read them here, never from
+samtune directly; this module adds only what is the analysis's own: the
 bookkeeping columns of a trial table, the targets fitted and how parameters are
 classified.
 
@@ -60,6 +61,12 @@ TAG_STATUS, TAG_ERROR, TAG_TRIAL_ID = _samtune.TAG_STATUS, _samtune.TAG_ERROR, _
 TAG_PARENT, TAG_SEARCH_KEYS = _samtune.TAG_PARENT, _samtune.TAG_SEARCH_KEYS
 # the report run's link to the search it covers (a report-run tag, written only here)
 TAG_REPORTED_SEARCH = _samtune.TAG_REPORTED_SEARCH
+# a search run's spec (artifact search.yaml): its distributions and default objective
+ARTIFACT_SEARCH_SPEC = _samtune.ARTIFACT_SEARCH_SPEC
+SEARCH_DISTRIBUTIONS = _samtune.SEARCH_DISTRIBUTIONS
+DEFAULT_OBJECTIVE = _samtune.DEFAULT_OBJECTIVE
+# per-epoch theory probes (trial key ``probes``)
+PROBE_METRICS = _samtune.PROBE_METRICS
 
 # the replicate index: trials that differ only in it are repeats, not a searched axis
 SEED = "seed"

@@ -11,7 +11,6 @@ criterion), never refiltered here.
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import pandas as pd
 from analysis import schema, search_figures
 from analysis.load import mlflow_client
 from analysis.render import FigureRef, Section
-from samtune.schema import ARTIFACT_SEARCH_SPEC
+from analysis.search_spec import CHOICE, DEFAULT_OBJECTIVE, GRID, LOG, UNKNOWN, Objective, UnreadableSpec, read_spec
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -35,23 +34,7 @@ MIN_IMPORTANCE_TRIALS = 8
 PED_ANOVA_TOP_TRIALS = 5
 # an unspecified numeric key spanning more than this ratio is taken as log-scaled
 LOG_RATIO = 100.0
-DEFAULT_OBJECTIVE = (("final_test_error",), ("min",))   # samtune.spec.Objective's defaults
 PED_ANOVA, FANOVA = "PED-ANOVA", "fANOVA"
-LOG, CHOICE = "loguniform", "choice"
-
-
-@dataclass(frozen=True)
-class Objective:
-    metrics: tuple[str, ...]
-    modes: tuple[str, ...]
-
-    @property
-    def is_pareto(self) -> bool:
-        return len(self.metrics) > 1
-
-    @property
-    def label(self) -> str:
-        return " × ".join(f"{m} ({mode})" for m, mode in zip(self.metrics, self.modes))
 
 
 @dataclass(frozen=True)
@@ -77,64 +60,31 @@ class SearchView:
 
 # ---------------------------------------------------------------- the search spec
 
-def parse_spec(text: str) -> tuple[dict[str, str], Objective | None]:
-    """Each searched key's distribution kind and the objective from a ``search.yaml``
-    (None when it names no objective: the spec's default applies)."""
-    import yaml
-
-    data = yaml.safe_load(text)
-    if not isinstance(data, Mapping):
-        return {}, None
-    kinds = {}
-    for key, dist in (data.get("search") or {}).items():
-        found = [k for k in ("uniform", LOG, "int", CHOICE) if isinstance(dist, Mapping) and k in dist]
-        kinds[str(key)] = found[0] if found else "unknown"
-    kinds.update({str(key): "grid" for key in (data.get("grid") or {})})
-    objective = data.get("objective")
-    if not isinstance(objective, Mapping):
-        return kinds, None
-    metric = objective.get("metric", DEFAULT_OBJECTIVE[0][0])
-    metrics = tuple(metric) if isinstance(metric, (list, tuple)) else (metric,)
-    mode = objective.get("mode", "min")
-    modes = tuple(mode) if isinstance(mode, (list, tuple)) else (mode,) * len(metrics)
-    return kinds, Objective(tuple(map(str, metrics)), tuple(map(str, modes)))
-
-
-def _spec_text(client, run_id: str) -> str | None:
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            return Path(client.download_artifacts(run_id, ARTIFACT_SEARCH_SPEC, folder)).read_text()
-        except Exception:  # a search run without the artifact (older, or logged by hand)
-            return None
-
-
 def read_search_space(tracking_uri: str | None, parents: pd.Series, declared: Sequence[str]) -> SearchSpace:
     """The search space of the trials whose parent runs are ``parents`` (one entry per
     trial): kinds merged over the parents, the objective of the parent with most trials."""
-    import yaml
-
     client = mlflow_client(tracking_uri)
     kinds, objectives, notes = {}, {}, []
     for parent, _ in parents.dropna().value_counts().items():
-        text = _spec_text(client, parent)
-        if text is None:
-            continue
         try:
-            found, objective = parse_spec(text)
-        except yaml.YAMLError as error:
-            notes.append(f"The {ARTIFACT_SEARCH_SPEC} of search run {parent} could not be read ({error}).")
+            spec = read_spec(client, parent)
+        except UnreadableSpec as error:
+            notes.append(f"The {schema.ARTIFACT_SEARCH_SPEC} of search run {parent} could not be read ({error}).")
             continue
+        if spec is None:
+            continue
+        found, objective = spec
         kinds = {**found, **kinds}
-        objectives[parent] = objective or Objective(*DEFAULT_OBJECTIVE)
+        objectives[parent] = objective or DEFAULT_OBJECTIVE
     if not objectives:
-        notes.append(f"No {ARTIFACT_SEARCH_SPEC} was found on the search run; the objective is taken as "
-                     f"{Objective(*DEFAULT_OBJECTIVE).label}, the spec's default, and a numeric key's scale is "
+        notes.append(f"No {schema.ARTIFACT_SEARCH_SPEC} was found on the search run; the objective is taken as "
+                     f"{DEFAULT_OBJECTIVE.label}, the spec's default, and a numeric key's scale is "
                      f"inferred (log when its values span more than {LOG_RATIO:g}×).")
     distinct = list(dict.fromkeys(objectives.values()))
     if len(distinct) > 1:
         notes.append("The search runs differ in their objective (" + "; ".join(o.label for o in distinct)
                      + f"); shown: {distinct[0].label}, that of the search run with most trials.")
-    objective = distinct[0] if distinct else Objective(*DEFAULT_OBJECTIVE)
+    objective = distinct[0] if distinct else DEFAULT_OBJECTIVE
     return SearchSpace(tuple(declared), kinds, objective, tuple(notes))
 
 
@@ -156,7 +106,7 @@ def infer_distribution(values: pd.Series, kind: str | None) -> tuple[BaseDistrib
         choices = sorted(present.unique().tolist(), key=lambda v: (isinstance(v, str), v))
         return CategoricalDistribution([_native(v) for v in choices]), ""
     low, high = float(present.min()), float(present.max())
-    if kind in (None, "grid", "unknown"):
+    if kind in (None, GRID, UNKNOWN):
         log = low > 0 and high / low > LOG_RATIO
         return FloatDistribution(low, high, log=log), ("log scale inferred (values span "
                                                        f"{high / low:.3g}×)" if log else "")

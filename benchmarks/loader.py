@@ -1,6 +1,6 @@
 """One training epoch (random crop + horizontal flip, batch 128, drop_last) two ways, same tensors:
 
-- samtune.data.DeviceLoader: batched crop/flip on the data's device;
+- samtune.data.loaders.DeviceLoader: batched crop/flip on the data's device;
 - torch.utils.data.DataLoader (num_workers=0) with torchvision.transforms.v2
   RandomCrop(size, padding=4) + RandomHorizontalFlip applied per sample.
 
@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from samtune.data import DeviceLoader, load_dataset
+from samtune.data.loaders import DeviceLoader
+from samtune.data.tensors import load_dataset
 
 
 class TransformedTensors(Dataset):

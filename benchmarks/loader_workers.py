@@ -1,11 +1,11 @@
 """Images per second of the ViT recipe's per-image pipeline in 0, 1, 2 ... DataLoader workers,
-against the on-device loader with the whole recipe batched (samtune.device_augment) and with
+against the on-device loader with the whole recipe batched (samtune.data.device_augment) and with
 crop + flip only, on the same images, and the time of one ViT-T training pass, so the rates
 can be compared.
 
-Per-image recipe (samtune.augment.image_transform): flip, crop (pad 4), AutoAugment
+Per-image recipe (samtune.data.augment.image_transform): flip, crop (pad 4), AutoAugment
 (CIFAR-10 policy), to float + normalize, RandomErasing (p 0.25), on 32x32x3 uint8 images,
-through samtune.worker_loader.WorkerLoader; the same recipe batched through DeviceLoader with a
+through samtune.data.worker_loader.WorkerLoader; the same recipe batched through DeviceLoader with a
 DevicePolicy. Every loader gets one warm-up epoch (worker start-up, allocator); then every
 loader is timed over one epoch per round, the loaders interleaved, and the median round is
 reported; the ratios are taken in one run.
@@ -20,11 +20,15 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from samtune.augment import image_transform, seeded
-from samtune.data import CIFAR100_MEAN, CIFAR100_STD, DeviceLoader, TensorData
-from samtune.device_augment import APPLIED, NEGATED, POLICY, VARIANT_TABLE
+from samtune.data.augment import image_transform, seeded
+from samtune.data.catalogue import CATALOGUE
+from samtune.data.device_augment import APPLIED, NEGATED, POLICY, VARIANT_TABLE
+from samtune.data.loaders import DeviceLoader
+from samtune.data.tensors import TensorData
+from samtune.data.worker_loader import WorkerLoader
 from samtune.models import create_model
-from samtune.worker_loader import WorkerLoader
+
+CIFAR100_MEAN, CIFAR100_STD = CATALOGUE["cifar100"].mean, CATALOGUE["cifar100"].std
 
 
 def images_per_second(loader, device):

@@ -9,7 +9,7 @@ set and on each of ``probe_batches`` batches of the epoch's batch size: about
   each stage's first epoch is trained (``Trial.run_epoch``) and its probes timed
   (``Trial.probe``), as ``train`` runs them.
 - resnet18 on random 32x32 images, batch 128, GSAM: the median of a few training steps
-  (``step_overhead.make_steps``: the step samtune.train takes) times the steps of a
+  (``step_overhead.make_steps``: the step samtune.trial takes) times the steps of a
   CIFAR-size epoch (50,000 // 128 = 390), against the probes on 256 random examples,
   the two timed in turns.
 
@@ -31,8 +31,8 @@ from step_overhead import machine_description, make_steps, timed
 
 from samtune.config import make_trial_config
 from samtune.models import create_model
-from samtune.probes import Direction, draw_batches, probe_metrics
-from samtune.train import Trial
+from samtune.trial.loop import Trial
+from samtune.trial.probes import Direction, draw_batches, probe_metrics
 
 CIFAR_TRAIN = 50_000
 

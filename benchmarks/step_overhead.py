@@ -70,7 +70,7 @@ Step = Callable[[], None]
 
 
 def make_steps(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Step]:
-    """(full training step as samtune.train runs it, optimizer update alone on the gradients in p.grad)."""
+    """(full training step as samtune.trial runs it, optimizer update alone on the gradients in p.grad)."""
     # A small lr keeps the shared model well-behaved over many steps; it does not change the cost.
     optimizer = create_optimizer(
         model.parameters(), optimizer=name, lr=1e-3, momentum=0.9, weight_decay=5e-4, rho=0.05, alpha=0.1

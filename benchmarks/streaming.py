@@ -1,4 +1,4 @@
-"""Images per second per CPU core for decoding + the ImageNet training transform (samtune.streaming).
+"""Images per second per CPU core for decoding + the ImageNet training transform (samtune.data.streaming).
 
 Real ImageNet is not needed: the script writes ImageNet-like JPEGs into a temporary
 folder (500x375, the most common ImageNet size, quality 90; smooth random colour fields
@@ -7,7 +7,7 @@ plus pixel noise, tuned to ~110 KB a file, ImageNet's average train file size) a
 - one process, one thread: decode only, and decode + RandomResizedCrop(224) + flip +
   normalize, with torchvision.io.decode_image and with PIL (PIL image converted to a
   tensor before the v2 transforms, and the v2 transforms on the PIL image itself);
-- samtune.streaming.StreamingLoader with 1 and 2 loader workers and both decoders: the
+- samtune.data.streaming.StreamingLoader with 1 and 2 loader workers and both decoders: the
   images/s the training loop receives (wall clock), and images per CPU-second of the
   workers and the main process together (what a core can feed). "uint8 out" is a GPU
   trial's CPU work: the workers' uint8 crops are batched and normalization is left to the
@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from samtune.streaming import (
+from samtune.data.streaming import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     StreamingData,

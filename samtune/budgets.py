@@ -5,7 +5,7 @@ Harada & Iiduka's "+B" runs make about 3.1x more updates than their constant-bat
 runs (242,120 vs 78,000 on CIFAR); giving every cell the budget of the "+B" cells
 separates the effect of the growing batch from that of the extra updates.  A
 trial's budget is spent exactly, with its lr schedule stretched over the budget
-(see ``samtune.train``); a cell whose ``epochs`` cannot hold the budget gets the
+(see ``samtune.trial.loop``); a cell whose ``epochs`` cannot hold the budget gets the
 fewest epochs that can.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from samtune import schema
 from samtune.config import TrialConfig, make_trial_config
+from samtune.data.catalogue import TRAIN_SIZES
 from samtune.schedules import TrialSchedule
 
 # a budget more than this many times a cell's own epochs is a mistake, not a plan
@@ -25,10 +25,10 @@ _MAX_EPOCH_GROWTH = 100
 def train_size(config: TrialConfig) -> int:
     """The training-split size of a built-in data set (an image folder is counted
     only when a trial loads it)."""
-    size = schema.DATASET_TRAIN_SIZES.get(config.dataset)
+    size = TRAIN_SIZES.get(config.dataset)
     if size is None:
         raise ValueError(f"dataset = {config.dataset!r}: an equal budget needs a data set of known "
-                         f"size; known: {', '.join(schema.DATASET_TRAIN_SIZES)}")
+                         f"size; known: {', '.join(TRAIN_SIZES)}")
     return size
 
 

@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from samtune.config import ConfigError
-
-DEFAULT_SPACE = "default"
+from samtune import schema
+from samtune.checks import ConfigError
 
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file: trial keys, or a search spec whose `trial` is used")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial parameter (repeatable)")
-    p.add_argument("--experiment", default="samtune-train", help="MLflow experiment name")
+    p.add_argument("--experiment", default=schema.DEFAULT_EXPERIMENT_TRAIN, help="MLflow experiment name")
     _add_tracking(p)
 
     p = sub.add_parser("search", help="run a schedule search on Ray Tune")
-    p.add_argument("space", nargs="?", default=DEFAULT_SPACE,
+    p.add_argument("space", nargs="?", default=schema.DEFAULT_SPACE,
                    help="search-space YAML (default: the embedded digits search)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a top-level spec key or trial.KEY (repeatable)")
@@ -74,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
 
     p = sub.add_parser("report", help="sharpness-generalization report over a search's trials")
-    p.add_argument("--experiment", default="samtune-default")
+    p.add_argument("--experiment", default=schema.DEFAULT_EXPERIMENT_SEARCH)
     p.add_argument("--search", default=None, help="parent run id of one search (default: all trials)")
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
     p.add_argument("--max-train-error", type=float, default=argparse.SUPPRESS,
@@ -89,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # an offline tool: no usage reports
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "search": cmd_search, "replay": cmd_replay, "sharpness": cmd_sharpness,
                "interpolate": cmd_interpolate, "report": cmd_report, "ui": cmd_ui}[args.command]
@@ -107,14 +107,14 @@ def cmd_train(args) -> int:
     from samtune.config import load_trial_config
 
     config = load_trial_config(args.config, args.set)  # validated before anything starts
-    from samtune import one_trial
+    from samtune.commands.train import run_cli_trial
 
-    return one_trial.run_cli_trial(config, experiment=args.experiment, tracking_uri=args.tracking_uri)
+    return run_cli_trial(config, experiment=args.experiment, tracking_uri=args.tracking_uri)
 
 
 # -- replay ---------------------------------------------------------------------
 def cmd_replay(args) -> int:
-    from samtune.replay import replay_run
+    from samtune.commands.replay import replay_run
 
     return replay_run(args.run_id, tracking_uri=args.tracking_uri, device=args.device)
 
@@ -135,11 +135,10 @@ def cmd_search(args) -> int:
 
 # -- sharpness ------------------------------------------------------------------
 def cmd_sharpness(args) -> int:
-    from samtune import one_trial
+    from samtune.commands.sharpness import measure_saved_trial
 
     names = tuple(n for n in args.measures.split(",") if n) if args.measures else None
-    values = one_trial.measure_saved_trial(args.source, names=names, device=args.device,
-                                              tracking_uri=args.tracking_uri)
+    values = measure_saved_trial(args.source, names=names, device=args.device, tracking_uri=args.tracking_uri)
     width = max(map(len, values), default=10)
     for name, value in values.items():
         print(f"{name:<{width}}  {value:.6g}")
@@ -148,11 +147,12 @@ def cmd_sharpness(args) -> int:
 
 # -- interpolate ----------------------------------------------------------------
 def cmd_interpolate(args) -> int:
-    from samtune import interpolation, schema
+    from samtune import schema
+    from samtune.commands import interpolate
 
     sources = (args.run_a, args.run_b)
-    out = Path(args.out or Path("interpolations") / "-".join(map(interpolation.source_label, sources)))
-    frame, run_id = interpolation.interpolate_runs(
+    out = Path(args.out or Path("interpolations") / "-".join(map(interpolate.source_label, sources)))
+    frame, run_id = interpolate.interpolate_runs(
         sources, points=args.points, lo=args.range[0], hi=args.range[1], examples=args.examples,
         out=out, device=args.device, tracking_uri=args.tracking_uri)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -165,7 +165,7 @@ def cmd_interpolate(args) -> int:
 def cmd_report(args) -> int:
     from analysis import AnalysisError
     from analysis.report import build_report
-    from samtune.tracking import resolve_tracking_uri
+    from samtune.tracking.uri import resolve_tracking_uri
 
     out = Path(args.out or Path("reports") / args.experiment)
     try:
@@ -182,7 +182,7 @@ def cmd_report(args) -> int:
 
 # -- ui -------------------------------------------------------------------------
 def cmd_ui(args) -> int:
-    from samtune.tracking import resolve_tracking_uri
+    from samtune.tracking.uri import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("http"):

@@ -17,13 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from samtune import schema
+from samtune.checks import ConfigError
+from samtune.data import catalogue
 from samtune.schedules import SamTiming, ScheduleParams, TrialSchedule
 
 MeasureKey = Literal[tuple(schema.MEASURES)]
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, phrased for the person who made it."""
+__all__ = ["ConfigError", "HyperParams", "RunSettings", "TrialConfig", "load_trial_config", "make_trial_config"]
 
 
 class HyperParams(ScheduleParams):
@@ -67,7 +66,7 @@ class HyperParams(ScheduleParams):
     augment: bool = True  # random crop (padding image_size // 8) and horizontal flip
     autoaugment: bool = False  # torchvision's AutoAugment, CIFAR-10 policy, per image
     # where per-image policies (AutoAugment, RandomErasing) run: batched on the trial's
-    # device (samtune.device_augment, checked against torchvision's ops; no worker
+    # device (samtune.data.device_augment, checked against torchvision's ops; no worker
     # processes to starve the GPU), or image by image in DataLoader worker processes
     augment_pipeline: Literal[schema.PIPELINES] = "device"
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets a box erased
@@ -102,8 +101,7 @@ class HyperParams(ScheduleParams):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        _check_choice("dataset", value, schema.DATASETS + schema.STREAMING_DATASETS,
-                      prefix=schema.IMAGEFOLDER_PREFIX)
+        _check_choice("dataset", value, tuple(catalogue.CATALOGUE), prefix=catalogue.IMAGEFOLDER_PREFIX)
         return value
 
     @model_validator(mode="after")
@@ -119,8 +117,8 @@ class HyperParams(ScheduleParams):
 
     @property
     def streams(self) -> bool:
-        """Whether training reads the data set from disk each epoch (samtune.streaming)."""
-        return self.streaming or self.dataset in schema.STREAMING_DATASETS
+        """Whether training reads the data set from disk each epoch (samtune.data.streaming)."""
+        return catalogue.is_streamed(self.dataset, self.streaming)
 
     @property
     def pipeline(self) -> str:
@@ -195,8 +193,8 @@ def _check_recipe(hparams: HyperParams) -> None:
             if getattr(hparams, key) != HyperParams.model_fields[key].default:
                 raise ValueError(f"{key} = {getattr(hparams, key)!r} applies to the ViT models only "
                                  f"({', '.join(schema.VIT_MODELS)}); model = {hparams.model!r}")
-    if hparams.streaming and hparams.dataset in schema.DATASETS:
-        raise ValueError(f"streaming = true reads image folders (imagenet, {schema.IMAGEFOLDER_PREFIX}<path>); "
+    if hparams.streaming and hparams.dataset in catalogue.IN_MEMORY:
+        raise ValueError(f"streaming = true reads image folders (imagenet, {catalogue.IMAGEFOLDER_PREFIX}<path>); "
                          f"dataset = {hparams.dataset!r} is held in memory")
     if hparams.image_size is not None and not hparams.streams:
         raise ValueError(f"image_size = {hparams.image_size} sets the crop of a streamed data set; "
@@ -220,7 +218,7 @@ def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:
     if unit == "gradient_evaluations" and every_step_two_pass and budget % hparams.evals_per_step:
         raise ValueError(f"budget = {budget}: an {hparams.optimizer} step costs {hparams.evals_per_step} "
                          f"gradient evaluations, so the budget must be a multiple of it")
-    n_train = schema.DATASET_TRAIN_SIZES.get(hparams.dataset)
+    n_train = catalogue.TRAIN_SIZES.get(hparams.dataset)
     if n_train is None:  # an image folder: checked when its trial loads it
         return
     capacity = schedule.capacity(hparams.epoch_examples(n_train), unit, timing, budget)
@@ -246,6 +244,10 @@ class TrialConfig(HyperParams, RunSettings):
     @property
     def run_settings(self) -> RunSettings:
         return RunSettings(**self.model_dump(include=set(RUN_SETTING_KEYS)))
+
+    def to_yaml(self) -> str:
+        """The config as ``config.yaml`` holds it: ``samtune train --config`` runs it again."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def to_params(self) -> dict[str, str]:
         """Flat string parameters, as MLflow stores them."""

@@ -39,6 +39,7 @@ from torchvision.models import resnet18 as tv_resnet18
 from torchvision.models import resnet50 as tv_resnet50
 
 from samtune import schema
+from samtune.checks import check_choice, check_int
 
 # Inputs at most this large get the CIFAR stem (3×3 stride 1, no max-pool):
 # torchvision's ImageNet stem would shrink a 32×32 image to 1×1 by layer4.
@@ -56,8 +57,7 @@ def _kaiming_conv_(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def _resnet_stem(model: nn.Module, in_channels: int, image_size: int, stem: str) -> nn.Module:
-    if stem not in ("auto", "cifar", "imagenet"):
-        raise ValueError(f"stem must be one of auto, cifar, imagenet; got {stem!r}")
+    check_choice("stem", stem, ("auto", "cifar", "imagenet"))
     if stem == "auto":
         stem = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
     if stem == "cifar":
@@ -339,8 +339,7 @@ class ViT(nn.Module):
 
 
 def _check_vit_options(image_size: int, patch_size: int, drop_path: float, spt: bool, lsa: bool) -> None:
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be an integer >= 1, got {patch_size!r}")
+    check_int("patch_size", patch_size, 1)
     if image_size % patch_size:
         raise ValueError(f"image_size must be divisible by patch_size={patch_size!r}, got {image_size!r}")
     if isinstance(drop_path, bool) or not isinstance(drop_path, (int, float)) or not 0.0 <= drop_path < 1.0:
@@ -450,8 +449,7 @@ def reinitialize_(model: nn.Module, init: str) -> nn.Module:
     Parameters that belong to no layer (a ViT's position embedding, class token
     and LSA temperatures) keep the architecture's init under every choice.
     """
-    if init not in schema.INITS:
-        raise ValueError(f"init must be one of {', '.join(schema.INITS)}; got {init!r}")
+    check_choice("init", init, schema.INITS)
     if init == "default":
         return model
     for module in model.modules():
@@ -472,11 +470,9 @@ def create_model(
     :func:`reinitialize_`); ``kwargs`` go to its builder (e.g.
     ``depth``/``widen``/``dropout`` for ``wrn28_10``, ``stem`` for the ResNets,
     ``patch_size``/``drop_path``/``spt``/``lsa`` for the ViTs)."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    check_choice("model", name, tuple(MODELS))
     for key, value in zip(_COMMON_ARGS, (num_classes, in_channels, image_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        check_int(key, value, 1)
     builder = MODELS[name]
     allowed = [key for key in inspect.signature(builder).parameters if key not in _COMMON_ARGS]
     unknown = sorted(set(kwargs) - set(allowed))

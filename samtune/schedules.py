@@ -30,12 +30,12 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
-from numbers import Integral, Real
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from samtune import schema
+from samtune.checks import check_choice, check_integral, check_number
 
 LR_SHAPES, LR_BATCH_SCALINGS, RHO_SCHEDULES = schema.LR_SHAPES, schema.LR_BATCH_SCALINGS, schema.RHO_SCHEDULES
 
@@ -48,27 +48,6 @@ _MILESTONE_TOL = 1e-9
 
 # ---------------------------------------------------------------------------
 # argument checks
-
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _integer(key: str, value: Any, minimum: int) -> int:
-    integral = isinstance(value, Integral) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not integral:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
 
 
 def _progress(e: float) -> float:
@@ -119,12 +98,12 @@ def lr_schedule(
     Every shape equals ``lr`` at ``e = w``, so the curve is continuous at the
     end of warmup.  ``e > epochs`` is treated as ``e = epochs``.
     """
-    shape = _choice("lr_shape", shape, LR_SHAPES)
-    lr = _number("lr", lr)
-    epochs = _number("epochs", epochs)
-    lr_final = _number("lr_final", lr_final)
-    lr_power = _number("lr_power", lr_power)
-    warmup = _number("warmup_epochs", warmup_epochs)
+    shape = check_choice("lr_shape", shape, LR_SHAPES)
+    lr = check_number("lr", lr)
+    epochs = check_number("epochs", epochs)
+    lr_final = check_number("lr_final", lr_final)
+    lr_power = check_number("lr_power", lr_power)
+    warmup = check_number("warmup_epochs", warmup_epochs)
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if epochs <= 0:
@@ -208,16 +187,16 @@ def batch_size_schedule(
     40 epochs each.  ``ratio == 1`` or ``stages == 1`` is a constant batch.
     Epoch indices past the end stay in the last stage.
     """
-    batch_size = _integer("batch_size", batch_size, 1)
-    epochs = _integer("epochs", epochs, 1)
-    ratio = _number("batch_growth_ratio", batch_growth_ratio)
-    stages = _integer("batch_stages", batch_stages, 1)
+    batch_size = check_integral("batch_size", batch_size, 1)
+    epochs = check_integral("epochs", epochs, 1)
+    ratio = check_number("batch_growth_ratio", batch_growth_ratio)
+    stages = check_integral("batch_stages", batch_stages, 1)
     if ratio < 1:
         raise ValueError(f"batch_growth_ratio must be >= 1, got {ratio!r}")
     if stages > epochs:
         raise ValueError(f"batch_stages must be <= epochs={epochs!r}, got {stages!r}")
     if batch_max is not None:
-        batch_max = _integer("batch_max", batch_max, 1)
+        batch_max = check_integral("batch_max", batch_max, 1)
         if batch_max < batch_size:
             raise ValueError(f"batch_max must be >= batch_size={batch_size!r}, got {batch_max!r}")
     sizes = [round(batch_size * ratio**k) for k in range(stages)]
@@ -233,11 +212,11 @@ def batch_size_schedule(
 
 def stage_schedule(*, epochs: int, batch_stages: int) -> Callable[[int], int]:
     """Stage index ``min(floor(epoch * stages / epochs), stages - 1)`` of a 0-based epoch."""
-    epochs = _integer("epochs", epochs, 1)
-    stages = _integer("batch_stages", batch_stages, 1)
+    epochs = check_integral("epochs", epochs, 1)
+    stages = check_integral("batch_stages", batch_stages, 1)
 
     def stage(epoch: int) -> int:
-        epoch = _integer("epoch", epoch, 0)
+        epoch = check_integral("epoch", epoch, 0)
         return min(epoch * stages // epochs, stages - 1)
 
     return stage
@@ -250,8 +229,8 @@ def lr_batch_factor(mode: str, batch: int, base_batch: int) -> float:
     arXiv 1706.02677), ``sqrt`` → ``sqrt(batch / base_batch)`` (Krizhevsky
     2014, arXiv 1404.5997).
     """
-    mode = _choice("lr_batch_scaling", mode, LR_BATCH_SCALINGS)
-    ratio = _integer("batch", batch, 1) / _integer("base_batch", base_batch, 1)
+    mode = check_choice("lr_batch_scaling", mode, LR_BATCH_SCALINGS)
+    ratio = check_integral("batch", batch, 1) / check_integral("base_batch", base_batch, 1)
     if mode == "linear":
         return ratio
     if mode == "sqrt":
@@ -285,12 +264,12 @@ def rho_schedule(
       within an epoch (the ρ_k = C/k^p family of Khanh et al. with p = 1,
       floored at ``rho_min``).  ``e > epochs`` is treated as ``e = epochs``.
     """
-    kind = _choice("rho_schedule", kind, RHO_SCHEDULES)
-    rho = _number("rho", rho)
-    rho_min = _number("rho_min", rho_min)
-    lr_max = _number("lr_max", lr_max)
-    lr_min = _number("lr_min", lr_min)
-    epochs = _number("epochs", epochs)
+    kind = check_choice("rho_schedule", kind, RHO_SCHEDULES)
+    rho = check_number("rho", rho)
+    rho_min = check_number("rho_min", rho_min)
+    lr_max = check_number("lr_max", lr_max)
+    lr_min = check_number("lr_min", lr_min)
+    epochs = check_number("epochs", epochs)
     if rho < 0:
         raise ValueError(f"rho must be >= 0, got {rho!r}")
     if not 0 <= rho_min <= rho:
@@ -383,7 +362,7 @@ class TrialSchedule:
             batch_stages=p.batch_stages,
             batch_max=p.batch_max,
         )
-        _choice("lr_batch_scaling", p.lr_batch_scaling, LR_BATCH_SCALINGS)
+        check_choice("lr_batch_scaling", p.lr_batch_scaling, LR_BATCH_SCALINGS)
         rho_fn = rho_schedule(
             p.rho_schedule,
             rho=p.rho,

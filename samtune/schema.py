@@ -22,14 +22,6 @@ LR_SHAPES = ("constant", "cosine", "linear", "polynomial", "exponential", "step"
              "diminishing_from1", "diminishing_klogk")
 LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
 RHO_SCHEDULES = ("constant", "lr_proportional", "diminishing")
-DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")  # held in memory (samtune.data)
-# read from image folders by loader workers, never held whole (samtune.streaming); an
-# image folder ("imagefolder:<path>") streams when the trial key ``streaming`` is on
-STREAMING_DATASETS = ("imagenet",)
-# training-split sizes, so budgets and batch sizes are checked before anything loads
-DATASET_TRAIN_SIZES = MappingProxyType({"digits": 797, "cifar10": 50_000, "cifar100": 50_000,
-                                        "tiny-imagenet": 100_000, "imagenet": 1_281_167})
-IMAGEFOLDER_PREFIX = "imagefolder:"  # dataset "imagefolder:<path>": any train/ test/ image folder
 MODELS = ("small_cnn", "resnet18", "wrn28_10", "vit_tiny", "vit_small", "resnet50")
 VIT_MODELS = ("vit_tiny", "vit_small")  # the paper's ViTs: the only models with drop_path, vit_spt, vit_lsa
 INITS = ("default", "pytorch", "kaiming")  # model weight init (samtune.models.reinitialize_)
@@ -40,6 +32,13 @@ AUGMENTS = ("none", "crop_flip")  # the on-device (batched) augmentations
 PIPELINES = ("device", "workers")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVE_MODES = ("min", "max")
+# a search spec's `objective` when it gives none: (metric, mode)
+DEFAULT_OBJECTIVE = ("final_test_error", "min")
+# the distributions a spec's `search` section gives a key, spelled {KIND: ...} in YAML
+SEARCH_DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+# keys population-based training may change during a trial: read anew from the trial's
+# config at every restore, with no state of their own in a checkpoint
+PBT_KEYS = ("rho", "alpha", "lr", "batch_size", "weight_decay", "momentum")
 # what a trial budget counts: optimizer updates, training examples, or gradient
 # evaluations (two per SAM-family step, one per base-optimizer step)
 BUDGET_UNITS = ("steps", "samples", "gradient_evaluations")
@@ -186,3 +185,5 @@ TAG_INTERPOLATED_RUNS = "samtune.interpolated_runs"  # "<run θ₁>,<run θ₂>"
 
 DEFAULT_EXPERIMENT_TRAIN = "samtune-train"
 DEFAULT_SPACE = "default"
+# the experiment of the default search: the `name` of the bundled space DEFAULT_SPACE
+DEFAULT_EXPERIMENT_SEARCH = "samtune-default"

@@ -1,4 +1,7 @@
-"""Fixtures shared by the end-to-end tests."""
+"""Fixtures shared by the tests: a tracking store to write to, and a local Ray."""
+
+import shutil
+import sys
 
 import pytest
 
@@ -9,12 +12,62 @@ from samtune.search import configure_ray_environment
 configure_ray_environment(local=True)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray bound to 127.0.0.1 for one test module, with two CPUs."""
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory):
+    """An empty SQLite tracking store with MLflow's tables made.  A new file spends
+    seconds in MLflow's schema migrations on first use; each test's store is a copy."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="session")
+def store_in(migrated_store):
+    """``store_in(folder)``: a fresh tracking store ``folder/mlflow.db``, and its URI."""
+    def make(folder) -> str:
+        shutil.copyfile(migrated_store, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return make
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, store_in):
+    """A fresh tracking store for one test: ``sqlite:///<tmp_path>/mlflow.db``."""
+    return store_in(tmp_path)
+
+
+def _start_ray():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
     assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+    return ray
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray bound to 127.0.0.1 with two CPUs.  Starting one costs seconds, so it
+    is kept for the tests after; a test that needs a process without Ray (its own
+    cluster, or an environment Ray must start in) asks for ``no_ray``."""
+    import ray
+
+    return ray if ray.is_initialized() else _start_ray()
+
+
+@pytest.fixture
+def no_ray():
+    """No Ray in this process when the test starts, and none left when it ends."""
+    import ray
+
+    ray.shutdown()
     yield
     ray.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -26,10 +26,10 @@ def _spec(sharpness_batch: int):
         "samples": 3, "concurrency": 2, "resources": {"cpu": 1}, "seed": 3})
 
 
-def test_two_searches_differing_in_sharpness_batch_are_two_measures(tmp_path):
+def test_two_searches_differing_in_sharpness_batch_are_two_measures(tmp_path, mlflow_uri):
     from samtune.cli import main
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     for m in (32, 64):
         assert run_search(_spec(m), tracking_uri=uri, storage=str(tmp_path / f"ray-{m}")) == 0
 

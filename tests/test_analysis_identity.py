@@ -55,13 +55,12 @@ def _log_trial(client, experiment_id, parent, trial_id, params, metrics):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, store_in):
     """Two searches into one experiment: the same rho × seed trials, the same trained
     models, harada measured with m = 64 in one and m = 128 in the other."""
     root = tmp_path_factory.mktemp("mlflow-identity")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_in(root)
     client = MlflowClient(uri)
-    client.search_experiments()
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     rng = np.random.default_rng(11)
     trained = {(rho, seed): {"log_sharp": -np.log(rho) + rng.normal(0, 0.3),
@@ -209,12 +208,12 @@ def test_trials_without_data_settings_read_them_from_their_protocol():
     assert frame["sharpness_keskar[n_examples=1024]"].notna().sum() == 2
 
 
-def test_filter_literals_survive_quotes(tmp_path):
+def test_filter_literals_survive_quotes(mlflow_uri, tmp_path):
     assert filter_literal("abc") == "'abc'"
     assert filter_literal("it's") == '"it\'s"'
     with pytest.raises(ValueError, match="both"):
         filter_literal("it's \"x\"")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_uri)
     experiment_id = client.create_experiment("quotes", artifact_location=(tmp_path / "a").as_uri())
     odd = client.create_run(experiment_id, tags={"samtune.kind": "trial", "mlflow.parentRunId": "p'1"})
     client.create_run(experiment_id, tags={"samtune.kind": "trial", "mlflow.parentRunId": "p1"})

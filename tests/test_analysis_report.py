@@ -80,11 +80,10 @@ def _planted_trials(rng):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, store_in):
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_in(root)
     client = MlflowClient(uri)
-    client.search_experiments()  # create the schema once, before any logging
     grid_id = client.create_experiment(GRID, artifact_location=(root / "artifacts-grid").as_uri())
     parent = client.create_run(grid_id, run_name="search", tags={
         "samtune.kind": "search", "samtune.search_keys": "rho,lr_shape,seed"}).info.run_id

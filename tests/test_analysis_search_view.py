@@ -21,15 +21,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.search_spec import Objective, parse_spec
 from analysis.search_view import (
     MIN_IMPORTANCE_TRIALS,
-    Objective,
     SearchSpace,
     importance_display,
     importance_table,
     infer_distribution,
     non_dominated,
-    parse_spec,
     read_search_space,
     search_distributions,
 )
@@ -94,11 +93,10 @@ def _final(test_error, sharpness, train_loss):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, store_in):
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_in(root)
     client = MlflowClient(uri)
-    client.search_experiments()
     rng = np.random.default_rng(1)
     exp = client.create_experiment(IMPORTANCE, artifact_location=(root / "art-importance").as_uri())
     parent = _search_run(client, exp, "rho,alpha,lr_shape", SPEC)

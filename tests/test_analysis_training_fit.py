@@ -76,11 +76,10 @@ def _new_experiment(client, root, name):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, store_in):
     root = tmp_path_factory.mktemp("mlflow-training-fit")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_in(root)
     client = MlflowClient(uri)
-    client.search_experiments()
     rng = np.random.default_rng(2020)
     planted: dict[str, list[dict]] = {THRESHOLD: [], CRITERION: [], MIXED: [], BUDGETS: []}
 

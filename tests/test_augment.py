@@ -1,4 +1,4 @@
-"""samtune.augment against formulas: the per-image recipe's draws (flip, crop offsets,
+"""samtune.data.augment against formulas: the per-image recipe's draws (flip, crop offsets,
 RandomErasing frequency, area and aspect) recovered from its outputs; CutMix and MixUp
 recovered from the mixed images and checked against their soft labels; the soft-label
 loss against Harada's mixed label-smoothing loss written out."""
@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samtune import data
-from samtune.augment import ERASING_MIN_AREA, BatchMixer, image_transform, seeded, to_uint8
 from samtune.config import make_trial_config
-from samtune.data import CIFAR100_MEAN, CIFAR100_STD
-from samtune.train import loss_function
+from samtune.data import tensors
+from samtune.data.augment import ERASING_MIN_AREA, BatchMixer, image_transform, seeded, to_uint8
+from samtune.data.catalogue import CATALOGUE
+from samtune.trial.loop import loss_function
 
-MEAN, STD = CIFAR100_MEAN, CIFAR100_STD  # mean * 255 is not an integer: no pixel normalizes to exactly 0
+# mean * 255 is not an integer: no pixel normalizes to exactly 0
+MEAN, STD = CATALOGUE["cifar100"].mean, CATALOGUE["cifar100"].std
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +42,12 @@ def within_binomial(count, n, p, sigmas=4.5):
     return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
 
 
-@pytest.mark.parametrize("stats", ["CIFAR10", "CIFAR100", "TINY_IMAGENET"])
+@pytest.mark.parametrize("stats", ["cifar10", "cifar100", "tiny-imagenet", "imagenet"])
 def test_to_uint8_inverts_normalization_exactly(stats):
     """Every pixel level, normalized the way the data sets are loaded, comes back."""
-    mean, std = getattr(data, f"{stats}_MEAN"), getattr(data, f"{stats}_STD")
+    mean, std = CATALOGUE[stats].mean, CATALOGUE[stats].std
     levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
-    x = data._normalize_(data._to_unit_float(levels.permute(0, 2, 3, 1)), mean, std)
+    x = tensors._normalize_(tensors._to_unit_float(levels.permute(0, 2, 3, 1)), mean, std)
     assert torch.equal(to_uint8(x, mean, std), levels)
 
 

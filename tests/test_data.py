@@ -15,17 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from samtune import schema
-from samtune.data import (
-    DatasetNotFound,
-    DeviceLoader,
-    TensorData,
-    check_dataset_name,
-    crop_flip,
-    draw_epoch_plan,
-    fixed_batches,
-    load_dataset,
-)
+from samtune.checks import DatasetError
+from samtune.data.catalogue import CATALOGUE, check_dataset_name
+from samtune.data.loaders import DeviceLoader, crop_flip, draw_epoch_plan, fixed_batches
+from samtune.data.tensors import TensorData, load_dataset
 
 
 def epoch(loader):
@@ -57,7 +50,7 @@ def test_digits_matches_an_independent_stratified_standardized_split():
     mean, std = train.mean(), train.std()
 
     assert data.train_x.shape == (797, 1, 8, 8) and data.test_x.shape == (1000, 1, 8, 8)
-    assert len(data.train_y) == schema.DATASET_TRAIN_SIZES["digits"]
+    assert len(data.train_y) == CATALOGUE["digits"].train_size
     assert (data.num_classes, data.in_channels, data.image_size, data.augment) == (10, 1, 8, "none")
     assert data.train_y.dtype == torch.int64
     np.testing.assert_allclose(data.train_x.reshape(-1, 64).numpy(), (train - mean) / std, atol=1e-5)
@@ -306,7 +299,7 @@ def test_cifar_is_read_through_torchvision_and_normalized(tmp_path, monkeypatch,
 
 def test_cifar_failing_torchvision_integrity_check_is_reported_as_corrupted(tmp_path):
     directory, _ = write_cifar(tmp_path, "cifar10")  # md5s differ from the real release
-    with pytest.raises(DatasetNotFound, match="corrupted") as info:
+    with pytest.raises(DatasetError, match="corrupted") as info:
         load_dataset("cifar10", root=tmp_path)
     assert str(directory) in str(info.value)
 
@@ -380,17 +373,17 @@ def test_missing_sets_raise_file_not_found_naming_the_path_and_how_to_get_it(tmp
         load_dataset("cifar10")
     assert str(tmp_path / "cifar-10-batches-py") in str(info.value) and "download=True" in str(info.value)
 
-    with pytest.raises(DatasetNotFound) as info:
+    with pytest.raises(DatasetError) as info:
         load_dataset("tiny-imagenet", root=tmp_path / "elsewhere")
     assert str(tmp_path / "elsewhere" / "tiny-imagenet-200" / "train") in str(info.value)
     assert "tiny-imagenet-200.zip" in str(info.value)
 
-    with pytest.raises(DatasetNotFound, match="no image folder at"):
+    with pytest.raises(DatasetError, match="no image folder at"):
         load_dataset(f"imagefolder:{tmp_path / 'nothing'}")
 
 
 def test_unknown_dataset_name_lists_the_choices():
-    choices = r"\['cifar10', 'cifar100', 'digits', 'tiny-imagenet'\]"
+    choices = r"\['cifar10', 'cifar100', 'digits', 'imagenet', 'tiny-imagenet'\]"
     with pytest.raises(ValueError, match=f"dataset must be one of {choices}"):
         load_dataset("mnist")
 

@@ -1,6 +1,6 @@
 """Each trial run records its data set as MLflow dataset inputs (name, source,
 content digest; context ``training`` for the train split, ``evaluation`` for the
-test split).  The digest rule (samtune.tracking.tensor_digest): sha256 over the
+test split).  The digest rule (samtune.data.records.tensor_digest): sha256 over the
 split's normalized images as C-contiguous float32 bytes, then its labels as int64
 bytes, first 16 hex digits.  The tests recompute it from scikit-learn's digits
 with numpy, without samtune's loader."""
@@ -14,7 +14,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from samtune import tracking
-from samtune.tracking import DatasetRecord, dataset_records, dataset_source, tensor_digest
+from samtune.data import records
+from samtune.data.records import DatasetRecord, dataset_source, tensor_digest
+from samtune.data.trial_data import InMemoryData
+from samtune.tracking.store import dataset_input
 
 
 def digits_digests() -> dict[str, str]:
@@ -36,11 +39,11 @@ def digits_digests() -> dict[str, str]:
     return {"training": digest(train, train_y), "evaluation": digest(test, test_y)}
 
 
-def test_cli_train_run_records_digits_as_its_dataset(tmp_path, monkeypatch):
+def test_cli_train_run_records_digits_as_its_dataset(tmp_path, monkeypatch, mlflow_uri):
     from samtune.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/store.db"
+    uri = mlflow_uri
     assert main(["train", "--tracking-uri", uri, "--set", "epochs=1", "--set", "batch_stages=1",
                  "--set", "num_threads=1", "--set", "sharpness=[norm_param_l2]"]) == 0
     client = MlflowClient(uri)
@@ -65,7 +68,7 @@ def test_digest_is_read_in_chunks_and_cast(monkeypatch):
     y = torch.randint(0, 5, (37,))
     whole = hashlib.sha256(x.numpy().tobytes() + y.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
     assert tensor_digest(x, y) == whole
-    monkeypatch.setattr(tracking, "_HASH_CHUNK_BYTES", 100)  # a couple of rows per chunk
+    monkeypatch.setattr(records, "_HASH_CHUNK_BYTES", 100)  # a couple of rows per chunk
     assert tensor_digest(x, y) == whole
     assert tensor_digest(x.double(), y.int()) == whole  # hashed as float32 / int64
     assert tensor_digest(x[:, :, :, :2], y) != tensor_digest(x[:, :, :, 2:], y)  # non-contiguous views
@@ -83,43 +86,43 @@ def test_sources_name_where_the_set_was_read(tmp_path):
 
 
 def test_records_are_computed_once_per_loaded_set(monkeypatch):
-    from samtune.data import load_dataset
+    from samtune.data.tensors import load_dataset
 
-    data = load_dataset("digits")
-    first = dataset_records(data)
-    monkeypatch.setattr(tracking, "tensor_digest", lambda x, y: pytest.fail("hashed twice"))
-    assert dataset_records(data) is first
+    data = InMemoryData(load_dataset("digits"))
+    first = data.records()
+    monkeypatch.setattr(records, "tensor_digest", lambda x, y: pytest.fail("hashed twice"))
+    assert data.records() is first
     assert [r.context for r in first] == ["training", "evaluation"]
     assert {r.context: r.digest for r in first} == digits_digests()
-    record = first[0].to_input()
+    record = dataset_input(first[0])
     assert (record.dataset.name, record.tags[0].key, record.tags[0].value) == (
         "digits", "mlflow.data.context", "training")
 
 
-def test_log_dataset_writes_both_inputs_once(tmp_path):
-    from samtune.data import load_dataset
+def test_log_dataset_writes_both_inputs_once(tmp_path, mlflow_uri):
+    from samtune.data.tensors import load_dataset
 
-    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/store.db")
+    tracker = tracking.Tracker(mlflow_uri)
     experiment_id = tracker.ensure_experiment("datasets")
     run_id = tracker.start_trial_run(experiment_id, params={}, run_name="r", trial_id="t1")
     assert not tracker.has_dataset(run_id)
-    data = load_dataset("digits")
-    tracker.log_dataset(run_id, data)
-    tracker.log_dataset(run_id, data)  # MLflow keeps one input per (name, digest)
+    data = InMemoryData(load_dataset("digits"))
+    tracker.log_datasets(run_id, data.records())
+    tracker.log_datasets(run_id, data.records())  # MLflow keeps one input per (name, digest)
     inputs = tracker.client.get_run(run_id).inputs.dataset_inputs
     assert tracker.has_dataset(run_id) and len(inputs) == 2
-    assert isinstance(dataset_records(data)[0], DatasetRecord)
+    assert isinstance(data.records()[0], DatasetRecord)
 
 
-def test_a_data_set_registered_at_the_same_time_by_another_trial_is_linked(tmp_path, monkeypatch):
+def test_a_data_set_registered_at_the_same_time_by_another_trial_is_linked(tmp_path, monkeypatch, mlflow_uri):
     """Two trials of one experiment starting together insert the same data set row; the
     store's unique key refuses the later insert (sqlite: IntegrityError), and the run must
     still get its inputs.  The refusal is replayed here for the first call."""
     from mlflow.exceptions import MlflowException
 
-    from samtune.data import load_dataset
+    from samtune.data.tensors import load_dataset
 
-    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/store.db")
+    tracker = tracking.Tracker(mlflow_uri)
     experiment_id = tracker.ensure_experiment("datasets")
     run_id = tracker.start_trial_run(experiment_id, params={}, run_name="r", trial_id="t1")
     real, calls = tracker.client.log_inputs, []
@@ -132,7 +135,7 @@ def test_a_data_set_registered_at_the_same_time_by_another_trial_is_linked(tmp_p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tracker.client, "log_inputs", refused_once)
-    tracker.log_dataset(run_id, load_dataset("digits"))
+    tracker.log_datasets(run_id, InMemoryData(load_dataset("digits")).records())
     assert len(calls) == 2 and len(tracker.client.get_run(run_id).inputs.dataset_inputs) == 2
 
     def broken(*args, **kwargs):
@@ -140,7 +143,7 @@ def test_a_data_set_registered_at_the_same_time_by_another_trial_is_linked(tmp_p
 
     monkeypatch.setattr(tracker.client, "log_inputs", broken)
     with pytest.raises(MlflowException, match="read-only"):  # other errors are not retried
-        tracker.log_dataset(run_id, load_dataset("digits"))
+        tracker.log_datasets(run_id, InMemoryData(load_dataset("digits")).records())
 
 
 def failing_once_after_first_epoch(marker_dir):
@@ -173,16 +176,13 @@ def failing_once_after_first_epoch(marker_dir):
 
 
 @pytest.mark.slow
-def test_search_trial_runs_record_their_dataset(tmp_path):
+def test_search_trial_runs_record_their_dataset(tmp_path, local_ray, mlflow_uri):
     """Through Ray: every trial's new run gets the inputs; a trial retried from its
     checkpoint keeps them (and gets no second copy)."""
-    from samtune.search import configure_ray_environment, run_search
+    from samtune.search import run_search
     from samtune.spec import parse_search_spec
 
-    configure_ray_environment(local=True)
-    import ray
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     markers = tmp_path / "faults"
     markers.mkdir()
     spec = parse_search_spec({
@@ -190,13 +190,8 @@ def test_search_trial_runs_record_their_dataset(tmp_path):
         "trial": {"epochs": 2, "batch_size": 64, "batch_growth_ratio": 1.0, "batch_stages": 1,
                   "train_eval_examples": 256, "sharpness": ["norm_param_l2"]},
         "search": {"rho": {"uniform": [0.02, 0.1]}}, "max_failures": 1})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
-    try:
-        assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
-        assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray"),
-                          trainable=failing_once_after_first_epoch(str(markers))) == 0
-    finally:
-        ray.shutdown()
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray"),
+                      trainable=failing_once_after_first_epoch(str(markers))) == 0
     assert len(list(markers.iterdir())) == 2  # each trial did fail once and resume
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("datasets-e2e")

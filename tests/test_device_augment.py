@@ -11,10 +11,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from trial_sinks import assert_resume_is_exact
 
-from samtune import device_augment as da
 from samtune.config import make_trial_config
-from samtune.data import DeviceLoader, crop_flip, draw_passes_plan
-from samtune.train import Trial
+from samtune.data import device_augment as da
+from samtune.data.loaders import DeviceLoader, crop_flip, draw_passes_plan
+from samtune.trial.loop import Trial
 
 TORCHVISION = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)

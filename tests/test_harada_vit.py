@@ -117,7 +117,7 @@ def test_plus_c_cosine_ends_where_the_warmup_starts():
 def test_adamw_moments_carry_across_a_batch_stage():
     """One AdamW instance for the whole trial: its step count runs on over the batch
     boundary (a rebuilt optimizer would restart it at the new stage's steps)."""
-    from samtune.train import train
+    from samtune.trial.loop import train
 
     config = make_trial_config({
         "model": "small_cnn", "optimizer": "gsam", "base_optimizer": "adamw", "lr": 1e-3,

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samtune import interpolation, schema
+from samtune import schema
 from samtune.config import ConfigError
+from samtune.sharpness import interpolation
 
 
 def bn_model(seed):
@@ -147,13 +148,13 @@ def train_run(uri, *settings):
                  "--set", "num_threads=1", "--set", "sharpness=[]", *settings]) == 0
 
 
-def test_cli_interpolates_two_recorded_trials(tmp_path, monkeypatch, capsys):
+def test_cli_interpolates_two_recorded_trials(tmp_path, monkeypatch, capsys, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     from samtune.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/store.db"
+    uri = mlflow_uri
     train_run(uri, "--set", "batch_size=16")  # Keskar's small batch ...
     train_run(uri, "--set", "batch_size=128", "--set", "seed=1")  # ... and large batch
     client = MlflowClient(uri)

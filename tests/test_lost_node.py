@@ -24,7 +24,7 @@ KILL_WAIT_S = 300  # the most the killer waits for both trials to be under way
 
 
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(no_ray):
     configure_ray_environment(local=False)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # both nodes on 127.0.0.1
     from ray.cluster_utils import Cluster
@@ -63,9 +63,9 @@ def kill_when_both_trials_run(cluster, worker, uri, name, killed):
         time.sleep(0.5)
 
 
-def test_search_survives_losing_a_node(tmp_path, two_node_cluster):
+def test_search_survives_losing_a_node(tmp_path, two_node_cluster, mlflow_uri):
     cluster, worker = two_node_cluster
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     MlflowClient(uri).search_experiments()  # the store exists before two processes use it
     spec = parse_search_spec({"name": "lost-node", "trial": TRIAL, "samples": 2, "concurrency": 2,
                               "resources": {"cpu": 1}, "max_failures": 3,

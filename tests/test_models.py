@@ -469,7 +469,7 @@ def test_vit_reinitialization_redraws_layers_only(init):
         (dict(drop_path="0.1"), r"drop_path .*got '0.1'"),
         (dict(spt="yes"), r"spt must be True or False, got 'yes'"),
         (dict(lsa=1), r"lsa must be True or False, got 1"),
-        (dict(patch_size=0), r"patch_size must be an integer >= 1, got 0"),
+        (dict(patch_size=0), r"patch_size must be an int >= 1, got 0"),
         (dict(patch_size=1, spt=True), r"spt needs patch_size >= 2, got 1"),
         (dict(dropout=0.1), r"unknown option.*dropout.*allowed: patch_size, drop_path, spt, lsa"),
     ],

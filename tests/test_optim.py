@@ -504,5 +504,5 @@ def test_negative_rho_set_in_a_group_is_caught_at_next_step():
     opt = GSAM([q.param], torch.optim.SGD, lr=0.1)
     opt.param_groups[0]["alpha"] = -0.1
     q.backward()
-    with pytest.raises(ValueError, match="alpha must be >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got -0.1"):
         opt.first_step()

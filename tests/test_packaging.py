@@ -42,9 +42,9 @@ def test_wheel_ships_the_bundled_spaces(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for name in ("samtune", "analysis"):
+    for name in ("samtune", "analysis", "search_spaces"):
         shutil.copytree(ROOT / name, source / name, ignore=ignore)
     dist, target, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()

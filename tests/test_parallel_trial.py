@@ -1,4 +1,4 @@
-"""Data-parallel trials: ``samtune.train.train`` on two gloo workers (127.0.0.1).
+"""Data-parallel trials: ``samtune.trial.train`` on two gloo workers (127.0.0.1).
 
 Without Ray: the workers are processes of this test with a process group of their
 own, the way Ray Train starts them.  With Ray: a two-worker digits trial through
@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from samtune.config import make_trial_config
-from samtune.replica import Replica
+from samtune.trial.replica import Replica
 
 TRIAL = {"epochs": 2, "batch_size": 32, "batch_growth_ratio": 2.0, "batch_stages": 2, "optimizer": "gsam",
          "lr": 0.05, "train_eval_examples": 128, "sharpness": ["norm_param_l2", "ascent"],
@@ -51,7 +51,7 @@ class Keep:
 
 
 def worker(rank: int, world: int, port: int, out: str, mode: str) -> None:
-    from samtune.train import train
+    from samtune.trial.loop import train
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -108,7 +108,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(two_worker_runs):
 
 
 def test_a_checkpoint_resumes_only_on_its_worker_count(two_worker_runs, tmp_path_factory):
-    from samtune.train import Trial
+    from samtune.trial.loop import Trial
 
     folder = next(p for p in tmp_path_factory.getbasetemp().iterdir() if p.name.startswith("dp"))
     state = torch.load(folder / "checkpoint0.pt", weights_only=True)

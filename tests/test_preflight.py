@@ -2,8 +2,11 @@
 status of a search whose trials all failed.
 
 REFUSED is the one table of inputs refused before launch: each runs through the
-CLI in a subprocess and must exit 2 within a bound, with the fragment in stderr,
-no traceback, and no MLflow experiment created."""
+CLI's entry function and must exit 2 with the fragment in stderr, no exception, and
+no MLflow experiment created.  Those refused only once Ray runs (STARTS_RAY) run the
+CLI in a subprocess, which also holds the "exit 2, no traceback" contract of the
+command as a user runs it.  The connection limits are shortened in-process to
+TIMEOUT_S."""
 
 import os
 import socket
@@ -18,6 +21,7 @@ import yaml
 
 from samtune import schema
 from samtune.config import ConfigError
+from samtune.data.catalogue import TRAIN_SIZES
 from samtune.search import preflight
 from samtune.spec import bundled_space_names, load_search_spec, parse_search_spec
 
@@ -27,6 +31,9 @@ TINY_TRIAL = {"epochs": 2, "batch_growth_ratio": 1.0, "batch_stages": 1,  # batc
               "train_eval_examples": 256, "sharpness": []}
 NAME = "preflight-refused"
 CLI_TIMEOUT_S = 150  # a refused search ends; the catalogue's inputs hung until killed at 180 s
+TIMEOUT_S = 2  # the tracking-server and Ray-address limits in-process (10 s by default)
+STARTS_RAY = {"gpu-on-cpu-machine", "more-cpus-than-a-node", "cuda-on-cpu-machine",
+              "more-workers-than-the-cluster-places"}
 HAS_GPU = Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
 no_gpu = pytest.mark.skipif(HAS_GPU, reason="needs a machine without GPUs")
 
@@ -64,9 +71,9 @@ REFUSED = [
     ("more-cpus-than-a-node", {"resources": {"cpu": 1024}}, [],
      ["resources.cpu = 1024", "no node of the Ray cluster has 1024 CPUs", "allowed: cpu <="], [pytest.mark.slow]),
     ("tracking-server-down", {}, ["--tracking-uri", "http://127.0.0.1:9"],
-     ["tracking server http://127.0.0.1:9 did not answer within 10 s"], []),
+     ["tracking server http://127.0.0.1:9 did not answer within {timeout} s"], []),
     ("ray-address-down", {}, ["--address", "127.0.0.1:9"],
-     ["--address 127.0.0.1:9", "Ray cluster at 127.0.0.1:9 did not answer within 10 s"], []),
+     ["--address 127.0.0.1:9", "Ray cluster at 127.0.0.1:9 did not answer within {timeout} s"], []),
     ("tracking-scheme-ftp", {}, ["--tracking-uri", "ftp://x/y"],
      ["--tracking-uri = 'ftp://x/y'", "scheme 'ftp'", "allowed:", "sqlite:///", "http://"], []),
     ("cifar10-data-dir-missing", {"trial": {"dataset": "cifar10", "data_dir": "{tmp}/nowhere"}}, [],
@@ -79,7 +86,7 @@ REFUSED = [
      ["trial.batch_size = 1024", "797 training examples of digits", "allowed: a batch of at most 797"], []),
     # more of the same kinds
     ("tracking-server-silent", {}, ["--tracking-uri", "http://{silent}"],
-     ["tracking server http://{silent} did not answer within 10 s (no reply)"], []),
+     ["tracking server http://{silent} did not answer within {timeout} s (no reply)"], []),
     ("sqlite-folder-missing", {}, ["--tracking-uri", "sqlite:///{tmp}/no/such/mlflow.db"],
      ["the folder {tmp}/no/such does not exist"], []),
     ("file-store", {}, ["--tracking-uri", "{tmp}/mlruns"], ["MLFLOW_ALLOW_FILE_STORE=true", "sqlite:///"], []),
@@ -91,6 +98,10 @@ REFUSED = [
      ["trial.dataset = 'tiny-imagenet'", "looked for {tmp}/tiny-imagenet-200/train", "no automatic download"], []),
     ("imagefolder-without-classes", {"trial": {"dataset": "imagefolder:{tmp}/flat"}}, [],
      ["{tmp}/flat/train has no class folders"], []),
+    ("imagefolder-test-class-unknown", {"trial": {"dataset": "imagefolder:{tmp}/stray"}}, [],
+     ["trial.dataset = 'imagefolder:{tmp}/stray'", "{tmp}/stray/test has classes with no train folder: ['z']"], []),
+    ("imagefolder-class-without-images", {"trial": {"dataset": "imagefolder:{tmp}/hollow"}}, [],
+     ["class folders with no images under {tmp}/hollow/train: ['b']"], []),
     ("batch-larger-than-imagefolder", {"trial": {"dataset": "imagefolder:{tmp}/small"}}, [],
      ["trial.batch_size = 16", "6 training examples of imagefolder:{tmp}/small"], []),
     ("growing-batch-last-stage", {"trial": {"batch_size": 256, "batch_growth_ratio": 2.0, "batch_stages": 3,
@@ -126,7 +137,7 @@ def silent_port():
 
 def _fill(value, tmp: Path, silent: str):
     if isinstance(value, str):
-        return value.replace("{tmp}", str(tmp)).replace("{silent}", silent)
+        return value.replace("{tmp}", str(tmp)).replace("{silent}", silent).replace("{timeout}", str(TIMEOUT_S))
     if isinstance(value, dict):
         return {k: _fill(v, tmp, silent) for k, v in value.items()}
     if isinstance(value, list):
@@ -134,28 +145,50 @@ def _fill(value, tmp: Path, silent: str):
     return value
 
 
-@pytest.mark.parametrize(("changes", "args", "fragments"),
-                         [pytest.param(c, a, f, id=i, marks=m) for i, c, a, f, m in REFUSED])
-def test_refused_before_launch(tmp_path, silent_port, changes, args, fragments):
+def _refused_in_subprocess(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_ALLOW_FILE_STORE",
+                                                            "MLFLOW_TRACKING_URI")}
+    done = subprocess.run([sys.executable, "-m", "samtune.cli", *args], cwd=cwd, env=env | LOOPBACK_ENV,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _refused_in_process(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    from samtune.cli import main
+    from samtune.search.preflight import cluster, tracking
+
+    for key in ("RAY_ADDRESS", "MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(tracking, "TRACKING_TIMEOUT_S", TIMEOUT_S)
+    monkeypatch.setattr(cluster, "RAY_CONNECT_TIMEOUT_S", TIMEOUT_S)
+    code = main(args)  # an exception would fail the test: the CLI must turn each into exit 2
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(("case", "changes", "args", "fragments"),
+                         [pytest.param(i, c, a, f, id=i, marks=m) for i, c, a, f, m in REFUSED])
+def test_refused_before_launch(tmp_path, silent_port, monkeypatch, capsys, case, changes, args, fragments):
     image_folder(tmp_path / "small", {"a": 3, "b": 3}, {"a": 1})
+    image_folder(tmp_path / "stray", {"a": 3, "b": 3}, {"a": 1, "z": 1})
+    image_folder(tmp_path / "hollow", {"a": 3, "b": 0}, {"a": 1})
     (tmp_path / "flat" / "train").mkdir(parents=True)
     (tmp_path / "flat" / "test").mkdir()
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(tiny_spec(**_fill(changes, tmp_path, silent_port))))
     db = tmp_path / "mlflow.db"
-    args = _fill(args, tmp_path, silent_port)
+    args = ["search", str(spec), *_fill(args, tmp_path, silent_port)]
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", f"sqlite:///{db}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_ALLOW_FILE_STORE",
-                                                            "MLFLOW_TRACKING_URI")}
-    done = subprocess.run([sys.executable, "-m", "samtune.cli", "search", str(spec), *args],
-                          cwd=tmp_path, env=env | LOOPBACK_ENV, capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S)
-    output = done.stdout + done.stderr
-    assert done.returncode == 2, output
-    assert "Traceback" not in output
+    monkeypatch.chdir(tmp_path)
+    if case in STARTS_RAY:
+        code, out, err = _refused_in_subprocess(args, tmp_path)
+    else:
+        code, out, err = _refused_in_process(args, monkeypatch, capsys)
+    assert code == 2, out + err
+    assert "Traceback" not in out + err
     for fragment in _fill(fragments, tmp_path, silent_port):
-        assert fragment in done.stderr, (fragment, done.stderr)
+        assert fragment in err, (fragment, err)
     assert not list(tmp_path.glob("ray_results*")), "launched"
     if db.exists():  # nothing recorded: no experiment of that name
         from mlflow.tracking import MlflowClient
@@ -166,10 +199,11 @@ def test_refused_before_launch(tmp_path, silent_port, changes, args, fragments):
 # -- the checks against what they mirror -------------------------------------------------
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "tiny-imagenet", "imagefolder"])
 def test_presence_check_and_loader_agree_on_a_missing_folder(tmp_path, dataset):
-    from samtune.data import DatasetNotFound, load_dataset
+    from samtune.checks import DatasetError
+    from samtune.data.tensors import load_dataset
 
     name = f"imagefolder:{tmp_path / 'images'}" if dataset == "imagefolder" else dataset
-    with pytest.raises(DatasetNotFound) as loaded:
+    with pytest.raises(DatasetError) as loaded:
         load_dataset(name, root=tmp_path)
     with pytest.raises(ConfigError) as checked:
         preflight.check_dataset_present(name, tmp_path)
@@ -179,38 +213,52 @@ def test_presence_check_and_loader_agree_on_a_missing_folder(tmp_path, dataset):
     assert looked_for.startswith(str(tmp_path)) and looked_for in str(checked.value)
 
 
-def test_presence_check_mirrors_torchvision_and_samtune_data(tmp_path, monkeypatch):
+def test_catalogue_names_the_files_torchvision_reads(tmp_path):
     from torchvision import datasets
-    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    from samtune import data
+    from samtune.data.catalogue import CATALOGUE
 
-    assert preflight.IMG_EXTENSIONS == IMG_EXTENSIONS
     for dataset, cls in (("cifar10", datasets.CIFAR10), ("cifar100", datasets.CIFAR100)):
-        base, class_name, files = preflight.CIFAR_FILES[dataset]
-        assert (base, class_name) == (cls.base_folder, cls.__name__)
-        assert set(files) == {n for n, _ in cls.train_list + cls.test_list} | {cls.meta["filename"]}
-        (tmp_path / base).mkdir()
-        for name in files:
-            (tmp_path / base / name).write_bytes(b"")
+        entry = CATALOGUE[dataset]
+        assert (entry.folder, entry.loader) == (cls.base_folder, cls.__name__)
+        assert set(entry.files) == {n for n, _ in cls.train_list + cls.test_list} | {cls.meta["filename"]}
+        (tmp_path / entry.folder).mkdir()
+        for name in entry.files:
+            (tmp_path / entry.folder / name).write_bytes(b"")
         assert preflight.check_dataset_present(dataset, tmp_path) == 50_000
-        (tmp_path / base / files[0]).unlink()
-        with pytest.raises(ConfigError, match=f"{files[0]} missing"):
+        (tmp_path / entry.folder / entry.files[0]).unlink()
+        with pytest.raises(ConfigError, match=f"{entry.files[0]} missing"):
             preflight.check_dataset_present(dataset, tmp_path)
         assert preflight.check_dataset_present(dataset, tmp_path, download=True) == 50_000
-    for env in (None, str(tmp_path)):
-        if env is None:
-            monkeypatch.delenv("SAMTUNE_DATA", raising=False)
-        else:
-            monkeypatch.setenv("SAMTUNE_DATA", env)
-        for root in (None, "~/x", "rel"):
-            assert preflight.data_root(root) == data.data_root(root)
+
+
+def test_scanner_lists_what_torchvision_lists(tmp_path):
+    """The one image-folder scanner (loaders and the pre-launch check) against
+    torchvision's own ImageFolder listing: same classes, files, order and labels."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    from samtune.data import folders
+
+    assert folders.IMG_EXTENSIONS == IMG_EXTENSIONS
+    for split, classes in (("train", {"b": 3, "a": 2, "c": 1}), ("test", {"a": 1, "c": 2})):
+        for name, count in classes.items():
+            for i in range(count):
+                folder = tmp_path / split / name / ("sub" if i % 2 else "")
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{i}.{'PNG' if i % 3 else 'jpg'}").write_bytes(b"")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    scanned = folders.scan_image_folder(tmp_path)
+    classes, class_to_idx = find_classes(str(tmp_path / "train"))
+    assert scanned.classes == tuple(classes)
+    for split, samples in (("train", scanned.train), ("test", scanned.test)):
+        expected = make_dataset(str(tmp_path / split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        assert list(zip(samples.paths(), samples.labels.tolist())) == expected
 
 
 def test_image_folder_size_is_what_the_loader_loads(tmp_path):
     from PIL import Image
 
-    from samtune.data import load_imagefolder
+    from samtune.data.tensors import load_imagefolder
 
     for split, classes in (("train", {"a": 3, "b": 2}), ("test", {"a": 1})):
         for name, count in classes.items():
@@ -239,7 +287,7 @@ def test_largest_batch_is_the_schedules_last_batch(params):
 @pytest.mark.parametrize("space", bundled_space_names())
 def test_bundled_spaces_pass_the_batch_check(space):
     spec = load_search_spec(space)
-    preflight.check_batch_sizes(spec, {v.get("dataset"): schema.DATASET_TRAIN_SIZES[v.get("dataset")]
+    preflight.check_batch_sizes(spec, {v.get("dataset"): TRAIN_SIZES[v.get("dataset")]
                                        for v in preflight.variants(spec)})
 
 
@@ -391,16 +439,11 @@ def always_failing():
 
 
 @pytest.fixture
-def ray_not_running():
+def ray_not_running(no_ray):
+    """run_search starts its own Ray in this process."""
     from samtune.search import configure_ray_environment
 
     configure_ray_environment(local=True)
-    import ray
-
-    if ray.is_initialized():
-        pytest.skip("needs a process without Ray (run_search starts its own)")
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow
@@ -417,12 +460,12 @@ def test_refused_after_ray_init_shuts_ray_down(tmp_path, ray_not_running):
 
 
 @pytest.mark.slow
-def test_search_whose_trials_all_fail_exits_1(tmp_path, capsys, ray_not_running):
+def test_search_whose_trials_all_fail_exits_1(tmp_path, capsys, ray_not_running, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     from samtune.search import run_search
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     spec = parse_search_spec(tiny_spec(name="all-fail", max_failures=0))
     assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray"), trainable=always_failing()) == 1
     err = capsys.readouterr().err

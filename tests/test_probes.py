@@ -10,8 +10,8 @@ import torch
 from samtune import schema
 from samtune.config import make_trial_config
 from samtune.models import create_model
-from samtune.probes import Direction, draw_batches, probe_metrics, update_direction
-from samtune.train import train
+from samtune.trial.loop import train
+from samtune.trial.probes import Direction, draw_batches, probe_metrics, update_direction
 
 RHO, ALPHA = 0.3, 0.4
 

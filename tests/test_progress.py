@@ -248,9 +248,9 @@ def test_trial_results_carry_the_planned_epochs(monkeypatch):
 
     reported = []
     monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
-    tracker = SimpleNamespace(log_metrics=lambda *args, **kwargs: None)
+    run = SimpleNamespace(run_id="run", on_epoch=lambda *args, **kwargs: None)
     context = TrialContext(tracking_uri="sqlite:///unused.db", experiment_id="1", parent_run_id="p")
-    sink = trainable.RaySink(context, tracker, "run", "config: {}\n", epochs=7)
+    sink = trainable.RaySink(context, run, epochs=7)
     record = {"epoch": 2, "test_error": 0.1} | {k: 0.0 for k in ("train_error", "gen_gap", "test_loss",
                                                                   "train_loss", "steps", "samples_seen",
                                                                   "gradient_evaluations")}
@@ -259,10 +259,8 @@ def test_trial_results_carry_the_planned_epochs(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_search_shows_each_running_trials_epoch(tmp_path, monkeypatch, capsys):
+def test_a_search_shows_each_running_trials_epoch(tmp_path, monkeypatch, capsys, local_ray, mlflow_uri):
     """A real (tiny) search in plain style, the status period shortened to 0 s."""
-    import ray
-
     from samtune.search import run_search
     from samtune.spec import parse_search_spec
 
@@ -273,13 +271,7 @@ def test_a_search_shows_each_running_trials_epoch(tmp_path, monkeypatch, capsys)
         "trial": {"epochs": 3, "batch_size": 64, "batch_growth_ratio": 1.0, "batch_stages": 1,
                   "train_eval_examples": 256, "sharpness": ["norm_param_l2"]},
         "search": {"rho": {"uniform": [0.02, 0.1]}}})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
-    try:
-        assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
-        assert run_search(spec, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                          storage=str(tmp_path / "ray")) == 0
-    finally:
-        ray.shutdown()
+    assert run_search(spec, tracking_uri=mlflow_uri, storage=str(tmp_path / "ray")) == 0
     out = capsys.readouterr().out
     assert ESC not in out
     status = [line for line in out.splitlines() if " | " in line and "running" in line]

@@ -13,14 +13,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from samtune import schema
 from samtune.budgets import capacity, with_budget
 from samtune.config import ConfigError, make_trial_config
-from samtune.replica import Replica
+from samtune.data.catalogue import CATALOGUE
 from samtune.schedules import SamTiming
-from samtune.train import Trial, train
+from samtune.trial.loop import Trial, train
+from samtune.trial.replica import Replica
 
-N_TRAIN = schema.DATASET_TRAIN_SIZES["digits"]
+N_TRAIN = CATALOGUE["digits"].train_size
 FAST = {"batch_size": 64, "batch_growth_ratio": 1.0, "batch_stages": 1, "train_eval_examples": 64,
         "sharpness": [], "eval_batch_size": 1024, "num_threads": 1, "device": "cpu"}
 A = np.array([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.4]])
@@ -157,7 +157,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         config = make_trial_config(FAST | {"optimizer": "gsam", "epochs": 1, "sam_every": 2, "budget": 5,
                                            "batch_size": 32, "train_eval_examples": 0})
-        trial = Trial(config, Replica(rank, world))
+        trial = Trial(config, replica=Replica(rank, world))
         trial.run_epoch(0)
         # BN statistics stay per worker until epoch_record aligns them; the weights must agree
         torch.save({"params": dict(trial.model.named_parameters()), "evals": trial.state.gradient_evaluations},

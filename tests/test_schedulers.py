@@ -104,7 +104,7 @@ def test_a_clone_trains_with_its_own_values_not_its_donors():
     """PBT restores a donor's checkpoint into a trial with perturbed values: the optimizer
     state comes from the donor, its hyperparameters from the clone's config."""
     from samtune.config import make_trial_config
-    from samtune.train import Trial
+    from samtune.trial.loop import Trial
 
     common = {"optimizer": "gsam", "epochs": 2, "batch_stages": 1, "sharpness": [], "device": "cpu", "num_threads": 1}
     donor = Trial(make_trial_config(common | {"alpha": 0.1, "weight_decay": 5e-4, "momentum": 0.9}))

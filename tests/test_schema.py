@@ -11,6 +11,7 @@ import pytest
 
 from samtune import schema
 from samtune.config import HyperParams, RunSettings, TrialConfig, make_trial_config
+from samtune.data import catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("samtune", "analysis")
@@ -24,7 +25,7 @@ def literal_choices(model, key):
 
 
 def test_registries_implement_exactly_the_catalogues():
-    from samtune.data import DATASETS
+    from samtune.data.tensors import LOADERS
     from samtune.models import MODELS
     from samtune.optim import OPTIMIZERS
     from samtune.optim.factory import BASE_OPTIMIZERS
@@ -33,7 +34,7 @@ def test_registries_implement_exactly_the_catalogues():
     assert set(OPTIMIZERS) == set(schema.OPTIMIZERS)
     assert set(BASE_OPTIMIZERS) == set(schema.BASE_OPTIMIZERS)
     assert set(MODELS) == set(schema.MODELS)
-    assert set(DATASETS) == set(schema.DATASETS)
+    assert set(LOADERS) == set(catalogue.IN_MEMORY)
     assert set(MEASURES) == set(schema.MEASURES)
     assert {name for name, info in OPTIMIZERS.items() if not info.two_pass} == set(schema.ONE_PASS_OPTIMIZERS)
 
@@ -70,7 +71,7 @@ def test_every_measure_reports_the_metrics_the_schema_names():
 
 
 def test_every_default_and_final_metric_is_reported_by_a_trial():
-    from samtune.train import train
+    from samtune.trial.loop import train
 
     config = make_trial_config({"epochs": 1, "batch_size": 256, "batch_stages": 1,
                                 "train_eval_examples": 128, "sharpness": ["ascent", "norm_param_l2"]})
@@ -142,6 +143,31 @@ def test_no_import_circles():
     for node in sorted(graph):
         visit(node)
     assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
+
+
+def _room(module: str) -> str:
+    """The room a module lives in: a sub-package of samtune, or a top-level module."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_rooms_form_layers():
+    """Between rooms (samtune's sub-packages and top-level modules, and analysis) the
+    imports point one way: no room imports a room that imports it back, at any distance,
+    so every room sits on a floor above all it uses."""
+    paths = [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")]
+    modules = {_module_name(p) for p in paths}
+    rooms: dict[str, set[str]] = {}
+    for path in paths:
+        name = _module_name(path)
+        used = {_room(target) for target in _imports(path, name, modules)} - {_room(name), "samtune"}
+        rooms.setdefault(_room(name), set()).update(used)
+    reach = {room: set(used) for room, used in rooms.items()}
+    for _ in rooms:  # transitive closure
+        for room in reach:
+            reach[room] |= set().union(*(reach.get(other, set()) for other in reach[room]))
+    upward = sorted(f"{room} -> {other}" for room in reach for other in reach[room] if room in reach.get(other, ()))
+    assert not upward, upward
+    assert "samtune.cli" not in set().union(*rooms.values())  # nothing imports the CLI
 
 
 @pytest.mark.parametrize("package", ["analysis"])

@@ -38,8 +38,8 @@ def children(uri, name):
     return client, parents, trials
 
 
-def test_optuna_search_records_every_trial_as_a_child_run(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_optuna_search_records_every_trial_as_a_child_run(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     spec = make_spec("optuna-e2e", search={
         "rho": {"loguniform": [0.01, 0.3]},
         "lr_shape": {"choice": ["constant", "cosine"]}})
@@ -70,8 +70,8 @@ def test_optuna_search_records_every_trial_as_a_child_run(tmp_path):
     assert (out / "report.html").stat().st_size > 0 and list((out / "figures").glob("*.png"))
 
 
-def test_grid_search_runs_every_combination_with_bundles(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_grid_search_runs_every_combination_with_bundles(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     spec = make_spec("grid-e2e", samples=1, grid={
         "optimizer": ["sgd", "gsam"],
         "schedule": {"constant": {"lr_shape": "constant"},
@@ -112,8 +112,8 @@ def failing_once_after_epoch(epoch, marker_dir):
     return trainable
 
 
-def test_failed_trial_resumes_from_checkpoint_into_its_own_run(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_failed_trial_resumes_from_checkpoint_into_its_own_run(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     markers = tmp_path / "faults"
     markers.mkdir()
     spec = make_spec("retry-e2e", samples=2, trial=TINY_TRIAL | {"epochs": 3},
@@ -131,8 +131,8 @@ def test_failed_trial_resumes_from_checkpoint_into_its_own_run(tmp_path):
         assert len(samples) == 3
 
 
-def test_asha_stops_trials_and_marks_them_pruned(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_asha_stops_trials_and_marks_them_pruned(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     spec = make_spec("asha-e2e", samples=4, trial=TINY_TRIAL | {"epochs": 4},
                      search={"lr": {"loguniform": [1e-4, 0.1]}},
                      scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}})
@@ -200,8 +200,8 @@ def test_search_against_mlflow_server_is_visible_through_rest(tmp_path, mlflow_s
         assert run["info"]["status"] == "FINISHED"
 
 
-def test_equal_budget_grid_trains_every_cell_for_the_same_steps(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_equal_budget_grid_trains_every_cell_for_the_same_steps(tmp_path, mlflow_uri):
+    uri = mlflow_uri
     spec = make_spec("equal-e2e", samples=1, trial=TINY_TRIAL | {"epochs": 2, "batch_size": 128},
                      grid={"schedule": {"constant": {"batch_size": 128},
                                         "+B": {"batch_size": 64, "batch_growth_ratio": 2.0,
@@ -249,10 +249,10 @@ def data_parallel_failing_once(marker_dir):
     return trainable
 
 
-def test_two_worker_trials_record_one_run_each_and_resume_to_the_same_weights(tmp_path):
+def test_two_worker_trials_record_one_run_each_and_resume_to_the_same_weights(tmp_path, mlflow_uri):
     """Two identical two-worker trials (they differ in eval_batch_size, a run setting);
     one fails after its first epoch and is retried from the Ray Train checkpoint."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     markers = tmp_path / "faults"
     markers.mkdir()
     spec = make_spec("parallel-e2e", samples=1, resources={"cpu": 0.45, "workers": 2}, max_failures=1,
@@ -279,14 +279,14 @@ def artifact_text(client, run_id, name):
     return Path(client.download_artifacts(run_id, name)).read_text()
 
 
-def test_pbt_population_records_lineage_and_its_replay_follows_the_schedule(tmp_path):
+def test_pbt_population_records_lineage_and_its_replay_follows_the_schedule(tmp_path, mlflow_uri):
     import csv
     import io
 
     from samtune import schema
     from samtune.cli import main
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     spec = make_spec("pbt-e2e", samples=4, concurrency=4, resources={"cpu": 0.5},
                      trial={k: v for k, v in TINY_TRIAL.items() if k != "batch_size"}
                      | {"epochs": 4, "optimizer": "gsam", "sharpness": ["norm_param_l2"]},

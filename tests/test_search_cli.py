@@ -46,9 +46,9 @@ def trial_runs(uri, name):
             if r.data.tags.get("samtune.kind") == "trial"]
 
 
-def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path):
+def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, mlflow_uri):
     spec = write_spec(tmp_path, "resume-e2e", samples=4, epochs=3)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     # this test polls the store while the search writes it: create its schema first, as
     # two processes migrating one fresh SQLite file at once break each other
     MlflowClient(uri).search_experiments()
@@ -140,9 +140,9 @@ def loopback_cluster():
         _stop(_processes_mentioning(temp_dir))
 
 
-def test_search_on_a_ray_cluster_through_address(tmp_path, loopback_cluster):
+def test_search_on_a_ray_cluster_through_address(tmp_path, loopback_cluster, mlflow_uri):
     spec = write_spec(tmp_path, "cluster-e2e", samples=2, epochs=2, concurrency=2)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     process = samtune(["search", str(spec), "--tracking-uri", uri, "--address", loopback_cluster,
                        "--storage", str(tmp_path / "shared")], cwd=tmp_path)
     output, _ = process.communicate(timeout=600)

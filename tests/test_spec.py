@@ -293,6 +293,8 @@ def test_define_by_run_is_picklable_and_only_suggests():
 def test_bundled_space_by_name_or_file(tmp_path, monkeypatch):
     assert {"default", "harada2024_cifar10_resnet18"} <= set(bundled_space_names())
     assert load_search_spec("default").name == load_search_spec("default.yaml").name == "samtune-default"
+    # `samtune search` and `samtune report` default to this space and its experiment
+    assert load_search_spec(schema.DEFAULT_SPACE).name == schema.DEFAULT_EXPERIMENT_SEARCH
     mine = tmp_path / "mine.yaml"
     mine.write_text(yaml.safe_dump(spec_with(name="mine")))
     assert load_search_spec(str(mine)).name == "mine"

@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from samtune import schema
 from samtune.config import ConfigError, make_trial_config
+from samtune.data.catalogue import CATALOGUE
 from samtune.schedules import lr_schedule
-from samtune.train import Trial, train
+from samtune.trial.loop import Trial, train
 
-N_TRAIN = schema.DATASET_TRAIN_SIZES["digits"]
+N_TRAIN = CATALOGUE["digits"].train_size
 FAST = {"train_eval_examples": 128, "sharpness": ["norm_param_l2"], "eval_batch_size": 1024}
 
 

@@ -1,4 +1,4 @@
-"""samtune.streaming on small image folders written here: sharding across simulated ranks,
+"""samtune.data.streaming on small image folders written here: sharding across simulated ranks,
 coverage of evaluation shards, independence from the number of loader workers, resume,
 the transforms, and the errors for bad inputs.
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from samtune.data import DatasetNotFound, load_imagefolder
-from samtune.streaming import (
+from samtune.checks import DatasetError
+from samtune.data.streaming import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTotals,
@@ -27,6 +27,7 @@ from samtune.streaming import (
     shard_bounds,
     train_transform,
 )
+from samtune.data.tensors import load_imagefolder
 
 SIZE = 16
 CLASSES = ("bird", "cat", "dog")
@@ -221,13 +222,13 @@ def test_bad_inputs_name_the_key_and_what_is_allowed(data, folder, tmp_path):
         data.eval_loader("test", batch_size=2, rank=2, world=2)
     with pytest.raises(ValueError, match="split must be one of"):
         data.eval_loader("val", batch_size=2)
-    with pytest.raises(DatasetNotFound, match=f"no image folder at {tmp_path / 'nowhere'}"):
+    with pytest.raises(DatasetError, match=f"no image folder at {tmp_path / 'nowhere'}"):
         StreamingData(tmp_path / "nowhere")
     write_folder(tmp_path, "train", (1, 0, 1))
-    with pytest.raises(DatasetNotFound, match=r"no held-out split .*val.*test"):
+    with pytest.raises(DatasetError, match=r"no held-out split .*val.*test"):
         StreamingData(tmp_path)
     write_folder(tmp_path, "val", (1, 1, 1))
-    with pytest.raises(DatasetNotFound, match=r"class folders with no images under .*train: \['cat'\].*extension"):
+    with pytest.raises(DatasetError, match=r"class folders with no images under .*train: \['cat'\].*extension"):
         StreamingData(tmp_path)
     with pytest.raises(ValueError, match="decoder must be one of"):
         StreamingData(folder, decoder="cv2")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from samtune.config import ConfigError, make_trial_config
-from samtune.train import train
+from samtune.trial.loop import train
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 23, 5
 
@@ -45,17 +45,14 @@ def test_streamed_and_in_memory_trials_count_the_same_examples(folder):
 def test_streamed_set_is_recorded_by_its_file_list(folder):
     import json
 
-    import torch
-
-    from samtune.tracking import streamed_records
-    from samtune.trial_data import open_trial_data
+    from samtune.trial import open_data
 
     config = make_trial_config(trial_values(folder, streaming=True, image_size=16))
-    train_record, test_record = streamed_records(open_trial_data(config, torch.device("cpu")))
+    train_record, test_record = open_data(config).records()
     assert [json.loads(r.profile)["num_rows"] for r in (train_record, test_record)] == [69, 15]
     (folder / "test" / "ant" / "0.png").rename(folder / "test" / "ant" / "renamed.png")
     try:
-        moved = streamed_records(open_trial_data(config, torch.device("cpu")))[1]
+        moved = open_data(config).records()[1]
     finally:
         (folder / "test" / "ant" / "renamed.png").rename(folder / "test" / "ant" / "0.png")
     assert moved.digest != test_record.digest

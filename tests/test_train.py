@@ -1,16 +1,14 @@
 """The trial loop on the digits set: schedules applied per epoch, resume
 identical to an uninterrupted run, divergence recorded, MLflow run layout."""
 
-import io
 import math
 
 import pandas as pd
 import pytest
-import torch
-from trial_sinks import Recorder
+from trial_sinks import Recorder, assert_resume_is_exact
 
 from samtune.config import make_trial_config
-from samtune.train import Trial, train
+from samtune.trial.loop import Trial, train
 
 FAST = {"epochs": 4, "batch_size": 32, "batch_growth_ratio": 2.0, "batch_stages": 2,
         "num_threads": 1, "sharpness": [], "train_eval_examples": 256}
@@ -22,7 +20,7 @@ def test_schedules_drive_batch_lr_and_counters():
     result = train(config, sink)
     batches = [r["batch_size"] for r in sink.records]
     assert batches == [32, 32, 64, 64]
-    train_size = Trial(config).data.train_x.shape[0]
+    train_size = Trial(config).data.train_size
     expected_steps = sum(train_size // b for b in batches)  # drop_last
     assert sink.records[-1]["steps"] == expected_steps
     assert sink.records[-1]["samples_seen"] == sum(train_size // b * b for b in batches)
@@ -39,27 +37,9 @@ def test_default_trial_learns_digits():
     assert result.final["final_test_error"] < 0.05
 
 
-def test_resumed_trial_is_identical_to_uninterrupted(tmp_path):
-    config = make_trial_config(FAST | {"optimizer": "gsam", "lr_shape": "linear", "lr_final": 0.01})
-    full = Recorder()
-    train(config, full)
-    interrupted = Recorder(stop_after=2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, interrupted)
-    # through a file, as a real checkpoint travels
-    buffer = io.BytesIO()
-    torch.save(interrupted.checkpoints[-1], buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-    resumed = Recorder()
-    train(config, resumed, resume=state)
-    assert [r["epoch"] for r in resumed.records] == [3, 4]
-    for a, b in zip(full.records[2:], resumed.records):
-        for key in ("train_loss", "test_loss", "test_error", "batch_size", "lr", "steps"):
-            assert a[key] == b[key], key
-    final_full, final_resumed = full.checkpoints[-1]["model"], resumed.checkpoints[-1]["model"]
-    for name in final_full:
-        assert torch.equal(final_full[name], final_resumed[name]), name
+def test_resumed_trial_is_identical_to_uninterrupted():
+    assert_resume_is_exact(make_trial_config(FAST | {"optimizer": "gsam", "lr_shape": "linear", "lr_final": 0.01}),
+                           after=2)
 
 
 def test_non_finite_loss_ends_trial_as_diverged():
@@ -69,13 +49,13 @@ def test_non_finite_loss_ends_trial_as_diverged():
     assert not math.isfinite(result.history[-1]["train_loss"])
 
 
-def test_cli_train_records_one_mlflow_run(tmp_path, monkeypatch):
+def test_cli_train_records_one_mlflow_run(tmp_path, monkeypatch, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     from samtune.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/store.db"
+    uri = mlflow_uri
     code = main(["train", "--tracking-uri", uri, "--set", "epochs=2", "--set", "batch_stages=2",
                  "--set", "num_threads=1", "--set", "sharpness=[ascent, norm_param_l2]"])
     assert code == 0
@@ -96,7 +76,42 @@ def test_cli_train_records_one_mlflow_run(tmp_path, monkeypatch):
     csv = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv"))
     assert list(csv["epoch"]) == [1, 2]
     # the saved model can be measured again from its run id
-    from samtune.one_trial import measure_saved_trial
+    from samtune.commands.sharpness import measure_saved_trial
 
     values = measure_saved_trial(run.info.run_id, names=("ascent",), device="cpu", tracking_uri=uri)
     assert values["sharpness_ascent"] == pytest.approx(run.data.metrics["sharpness_ascent"], rel=1e-5)
+
+
+def _png(path, size):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size).save(path)
+
+
+@pytest.mark.parametrize(("layout", "fragment"), [
+    ({"train/a/0.png": (8, 8), "train/b/0.png": (8, 8), "test/z/0.png": (8, 8)},
+     "test has classes with no train folder: ['z']"),
+    ({"train/a/0.png": (8, 8), "train/b/notes.txt": None, "test/a/0.png": (8, 8)},
+     "class folders with no images under {folder}/train: ['b']"),
+    ({"train/a/0.png": (8, 8), "train/a/1.png": (9, 8), "test/a/0.png": (8, 8)},
+     "all images must have the same size"),
+    ({"train/a/0.png": (8, 8)}, "no held-out split at {folder}"),
+])
+def test_cli_train_refuses_a_malformed_image_folder(tmp_path, monkeypatch, capsys, layout, fragment):
+    """Exit 2 naming the folder and what was expected, before anything is recorded."""
+    from samtune.cli import main
+
+    folder = tmp_path / "images"
+    for name, size in layout.items():
+        if size is None:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("not an image")
+        else:
+            _png(folder / name, size)
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--set", f"dataset=imagefolder:{folder}", "--set", "epochs=1", "--set", "batch_stages=1",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment.format(folder=folder) in err and str(folder) in err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -8,8 +8,8 @@ import torch
 from trial_sinks import assert_resume_is_exact
 
 from samtune.config import make_trial_config
-from samtune.train import Trial, train
-from samtune.worker_loader import WorkerLoader
+from samtune.data.worker_loader import WorkerLoader
+from samtune.trial.loop import Trial, train
 
 RECIPE = {"autoaugment": True, "random_erasing": 0.25, "cutmix_prob": 0.25, "mixup_prob": 0.25,
           "epoch_passes": 3, "label_smoothing": 0.1, "augment_pipeline": "workers"}
@@ -71,13 +71,13 @@ VIT_RECIPE = RECIPE | {
 }
 
 
-def test_cli_trains_vit_tiny_with_the_whole_recipe(tmp_path, monkeypatch):
+def test_cli_trains_vit_tiny_with_the_whole_recipe(tmp_path, monkeypatch, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     from samtune.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/store.db"
+    uri = mlflow_uri
     settings = [arg for key, value in VIT_RECIPE.items()
                 for arg in ("--set", f"{key}=[{', '.join(value)}]" if isinstance(value, list) else f"{key}={value}")]
     assert main(["train", "--tracking-uri", uri, *settings]) == 0

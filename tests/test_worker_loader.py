@@ -4,9 +4,12 @@ loader's batches independent of its number of workers and resumable from its sta
 import pytest
 import torch
 
-from samtune.augment import image_transform
-from samtune.data import CIFAR100_MEAN, CIFAR100_STD, DeviceLoader, draw_epoch_plan, draw_passes_plan
-from samtune.worker_loader import WorkerLoader
+from samtune.data.augment import image_transform
+from samtune.data.catalogue import CATALOGUE
+from samtune.data.loaders import DeviceLoader, draw_epoch_plan, draw_passes_plan
+from samtune.data.worker_loader import WorkerLoader
+
+CIFAR100_MEAN, CIFAR100_STD = CATALOGUE["cifar100"].mean, CATALOGUE["cifar100"].std
 
 
 def labelled_images(n, size=4):

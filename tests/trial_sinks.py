@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from samtune.train import train
+from samtune.trial.loop import train
 
 
 class Recorder:
@@ -25,12 +25,16 @@ class Recorder:
             raise KeyboardInterrupt
 
 
-def assert_resume_is_exact(config) -> None:
-    """A trial killed after its first epoch and resumed from that checkpoint (through a
-    save and load, as a file would) ends with the uninterrupted trial's losses and weights."""
+RESUMED_KEYS = ("train_loss", "test_loss", "test_error", "batch_size", "lr", "steps")
+
+
+def assert_resume_is_exact(config, after: int = 1) -> None:
+    """A trial killed after epoch ``after`` and resumed from that checkpoint (through a
+    save and load, as a file would) continues with the uninterrupted trial's epochs and
+    ends on its weights."""
     full = Recorder()
     train(config, full)
-    interrupted = Recorder(stop_after=1)
+    interrupted = Recorder(stop_after=after)
     with pytest.raises(KeyboardInterrupt):
         train(config, interrupted)
     buffer = io.BytesIO()
@@ -38,6 +42,8 @@ def assert_resume_is_exact(config) -> None:
     buffer.seek(0)
     resumed = Recorder()
     train(config, resumed, resume=torch.load(buffer, weights_only=True))
-    assert [r["train_loss"] for r in resumed.records] == [r["train_loss"] for r in full.records[1:]]
+    assert [r["epoch"] for r in resumed.records] == [r["epoch"] for r in full.records[after:]]
+    for key in RESUMED_KEYS:
+        assert [r[key] for r in resumed.records] == [r[key] for r in full.records[after:]], key
     final_full, final_resumed = full.checkpoints[-1]["model"], resumed.checkpoints[-1]["model"]
     assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)

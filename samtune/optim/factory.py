@@ -12,8 +12,9 @@ from types import MappingProxyType
 
 import torch
 
+from samtune.checks import check_nonnegative
 from samtune.optim.gsam import GSAM
-from samtune.optim.sam import SAM, _check_nonnegative
+from samtune.optim.sam import SAM
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def set_rho(optimizer: torch.optim.Optimizer, rho: float) -> None:
 
     Takes effect at the next ``first_step``.
     """
-    _check_nonnegative("rho", rho)
+    check_nonnegative("rho", rho)
     if is_two_pass(optimizer):
         for group in optimizer.param_groups:
             group["rho"] = rho

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 import torch
 
-from samtune.optim.sam import PERTURB_EPS, SAM, _check_nonnegative, _global_norm
+from samtune.checks import check_nonnegative
+from samtune.optim.sam import PERTURB_EPS, SAM, _global_norm
 
 
 class GSAM(SAM):
@@ -48,7 +49,7 @@ class GSAM(SAM):
     def _check_groups(self) -> None:
         super()._check_groups()
         for group in self.param_groups:
-            _check_nonnegative("alpha", group["alpha"])
+            check_nonnegative("alpha", group["alpha"])
 
     def _form_direction(self) -> None:
         self.gradient_decompose()

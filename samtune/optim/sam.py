@@ -27,12 +27,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from samtune.checks import check_nonnegative
+
 PERTURB_EPS = 1e-12
-
-
-def _check_nonnegative(name: str, value: float) -> None:
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
 def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -91,8 +88,8 @@ class SAM(torch.optim.Optimizer):
 
     def _check_groups(self) -> None:
         for group in self.param_groups:
-            _check_nonnegative("rho", group["rho"])
-            _check_nonnegative("eta", group["eta"])
+            check_nonnegative("rho", group["rho"])
+            check_nonnegative("eta", group["eta"])
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group to the wrapper and the base optimizer (they share ``param_groups``)."""

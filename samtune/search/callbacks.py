@@ -13,7 +13,7 @@ from pathlib import Path
 from ray import tune
 
 from samtune import schema
-from samtune.tracking import Tracker
+from samtune.tracking.store import Tracker
 
 
 class MlflowRunCloser(tune.Callback):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from samtune import schema
+from samtune.data.catalogue import IMAGEFOLDER_PREFIX, data_root, image_folder_path, is_image_folder
 from samtune.spec import SearchSpec, bundle_table
 
 
@@ -96,8 +96,6 @@ def run_settings(trial: Mapping[str, Any], resources: Mapping[str, float]) -> di
     """The fixed run settings of a search's trials, with what the resources imply
     filled in.  Ray runs each trial in its own directory, so data paths are made
     absolute here, in the driver."""
-    from samtune.data import data_root
-
     settings = {key: trial[key] for key in schema.RUN_SETTINGS if key in trial}
     settings["data_dir"] = str(data_root(settings.get("data_dir")).resolve())
     settings.setdefault("device", "cuda" if resources.get("gpu", 0) > 0 else "cpu")
@@ -110,7 +108,6 @@ def hyperparameters(trial: Mapping[str, Any]) -> dict[str, Any]:
     set's path made absolute (it is part of the data set's name)."""
     values = {key: value for key, value in trial.items() if key not in schema.RUN_SETTINGS}
     dataset = str(values.get("dataset", ""))
-    if dataset.startswith(schema.IMAGEFOLDER_PREFIX):
-        folder = Path(dataset.removeprefix(schema.IMAGEFOLDER_PREFIX)).resolve()
-        values["dataset"] = f"{schema.IMAGEFOLDER_PREFIX}{folder}"
+    if is_image_folder(dataset):
+        values["dataset"] = f"{IMAGEFOLDER_PREFIX}{image_folder_path(dataset).resolve()}"
     return values

@@ -3,7 +3,7 @@
 The Tune trial (:func:`samtune_parallel_trial`) only drives: it validates the trial,
 opens its MLflow run and starts a ``TorchTrainer`` of ``context.workers`` workers,
 each reserving ``context.worker_resources``.  Every worker runs the same
-:func:`samtune.train.train` on its share of each global batch (``samtune.replica``);
+:func:`samtune.trial.train` on its share of each global batch (``samtune.trial.replica``);
 rank 0 writes the MLflow run and the checkpoints, and Ray Train's
 ``TuneReportCallback`` hands rank 0's results to Tune, so the search sees a
 data-parallel trial exactly like a single-process one.
@@ -27,12 +27,12 @@ from samtune.search.trainable import (
     CHECKPOINT_FILE,
     RUN_ID_KEY,
     RaySink,
-    config_yaml,
     open_trial_run,
     prepare_trial,
     result_metrics,
 )
-from samtune.tracking import Tracker
+from samtune.tracking.store import Tracker
+from samtune.tracking.trial_run import TrialRun
 
 # the driving Tune trial holds almost nothing: its Ray Train workers reserve the resources
 DRIVER_CPU = 0.01
@@ -57,8 +57,13 @@ def samtune_parallel_trial(hparams: dict[str, Any], context: TrialContext,
         return
     tracker, config, labels = prepared
     trial_id = tune.get_context().get_trial_id()
+    from samtune.trial.loop import open_data
+
+    def records():  # the workers open the data on their devices; its records are the same
+        return open_data(config.model_copy(update={"device": "cpu"})).records()
+
     # a retried trial finds the run its earlier attempt opened (by trial id)
-    run_id = open_trial_run(context, tracker, config, labels, None, resumed=False)
+    run_id = open_trial_run(context, tracker, config, labels, None, records, resumed=False).run_id
     gpu = float(context.worker_resources.get("gpu", 0))
     per_worker = {"CPU": float(context.worker_resources.get("cpu", 1))} | ({"GPU": gpu} if gpu else {})
     trainer = TorchTrainer(
@@ -80,8 +85,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from ray.train.torch import get_device
 
     from samtune.config import make_trial_config
-    from samtune.replica import Replica
-    from samtune.train import train
+    from samtune.trial.loop import open_data, train
+    from samtune.trial.replica import Replica
 
     context: TrialContext = loop_config["context"]
     if loop_config["credentials"] is not None:
@@ -93,11 +98,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if resume is not None:
         resume.pop(RUN_ID_KEY, None)
     if replica.is_main:
-        sink = RaySink(context, Tracker(context.tracking_uri), loop_config["run_id"], config_yaml(config),
-                       config.epochs, report=ray.train.report, checkpoint_type=ray.train.Checkpoint)
+        run = TrialRun(Tracker(context.tracking_uri), loop_config["run_id"], config)
+        sink = RaySink(context, run, config.epochs, report=ray.train.report, checkpoint_type=ray.train.Checkpoint)
     else:
         sink = FollowerSink(context, config.epochs)
-    train(config, sink, resume=resume, replica=replica)
+    train(config, sink, resume=resume, replica=replica, data=open_data(config))
 
 
 class FollowerSink:

@@ -23,7 +23,8 @@ from samtune.config import ConfigError
 from samtune.search import preflight
 from samtune.search.context import TrackingCredentials, build_context, hyperparameters
 from samtune.spec import SearchSpec, asha_max_t, define_by_run
-from samtune.tracking import Tracker, resolve_tracking_uri, runs_url, ui_command
+from samtune.tracking.store import Tracker
+from samtune.tracking.uri import resolve_tracking_uri, runs_url, ui_command
 
 
 def configure_ray_environment(local: bool) -> None:

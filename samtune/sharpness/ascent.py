@@ -26,9 +26,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from samtune.checks import check_bool, check_nonnegative
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn, loss_surface
-from samtune.sharpness._validate import check_bool, check_nonnegative
 
 
 def ascent_perturbation(w: torch.Tensor, gradient: torch.Tensor, rho: float,

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from samtune.checks import check_bool, check_int, check_nonnegative
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn, generator_for, loss_surface
-from samtune.sharpness._validate import check_bool, check_nonnegative, check_steps
 
 # (standard normal draw z, flat weights w) -> perturbation δ
 Perturbation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -90,7 +90,7 @@ def average_increase(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch]
     """Size-weighted mean over batches of the Monte-Carlo mean of
     ``L_b(w + δ) − L_b(w)``, δ = ``perturbation(z, w)`` for fresh z ~ N(0, I)
     (``antithetic``: of ``½ [L_b(w + δ) + L_b(w − δ)] − L_b(w)``)."""
-    check_steps("samples", samples, minimum=2)
+    check_int("samples", samples, 2)
     with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
         generator = generator_for(surface.device, seed)
         noise = torch.empty_like(surface.w0)

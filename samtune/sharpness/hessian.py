@@ -34,11 +34,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from samtune.checks import check_int, check_nonnegative
 from samtune.sharpness._hvp import HessianProducts
 from samtune.sharpness._lanczos import LanczosRun, lanczos
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn, generator_for, loss_surface
-from samtune.sharpness._validate import check_nonnegative, check_steps
 
 
 def hessian_max_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
@@ -53,7 +53,7 @@ def hessian_max_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Iterable[
     ``iterations`` the products used. cache_graphs: keep every batch's gradient
     graph between products (None: when it fits in half the free memory).
     """
-    check_steps("iters", iters)
+    check_int("iters", iters, 1)
     check_nonnegative("tol", tol)
     with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
         generator = generator_for(surface.device, seed)
@@ -100,8 +100,8 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *
     Cost: ``deflation + samples`` Hessian-vector products. samples ≥ 2, and ≥ 3
     with deflation (the coefficient uses one degree of freedom).
     """
-    check_steps("deflation", deflation, minimum=0)
-    check_steps("samples", samples, minimum=3 if deflation else 2)
+    check_int("deflation", deflation, 0)
+    check_int("samples", samples, 3 if deflation else 2)
     with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
         generator = generator_for(surface.device, seed)
         products = HessianProducts(surface, cache_graphs=cache_graphs)

@@ -28,11 +28,11 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import nn
 
+from samtune.checks import check_choice, check_int, check_nonnegative
 from samtune.sharpness._apgd import apgd_maximize
 from samtune.sharpness._constraints import Box
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn, LossSurface, loss_surface
-from samtune.sharpness._validate import check_choice, check_nonnegative, check_steps
 
 METHODS = ("apgd", "lbfgsb")
 
@@ -43,7 +43,7 @@ def keskar(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
     """Keskar ε-sharpness in percent of ``1 + L(w)``."""
     check_nonnegative("epsilon", epsilon)
     check_choice("method", method, METHODS)
-    check_steps("steps", steps)
+    check_int("steps", steps, 1)
     with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
         box = Box(epsilon, surface.w0.abs() + 1)
         if method == "apgd":

@@ -26,11 +26,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from samtune.checks import check_bool, check_choice, check_int, check_nonnegative
 from samtune.sharpness._apgd import apgd_maximize
 from samtune.sharpness._constraints import Ball, Box
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn, generator_for, loss_surface
-from samtune.sharpness._validate import check_bool, check_choice, check_nonnegative, check_steps
 
 NORMS = ("linf", "l2")
 
@@ -55,7 +55,7 @@ def worst_case(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
     check_choice("norm", norm, NORMS)
     check_bool("adaptive", adaptive)
     check_bool("rand_init", rand_init)
-    check_steps("steps", steps)
+    check_int("steps", steps, 1)
     check_nonnegative("step_size_mult", step_size_mult)
     with loss_surface(model, loss_fn, batches, dtype=dtype) as surface:
         constraint = perturbation_set(norm, rho, surface.w0, adaptive)

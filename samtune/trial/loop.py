@@ -1,15 +1,15 @@
 """One trial: the training loop.
 
-``train(config, sink)`` sets batch size, learning rate and ρ from the
+``train(config, sink, data=...)`` sets batch size, learning rate and ρ from the
 schedules, trains, evaluates and hands one record per epoch to ``sink``.  The
 last record carries the trial's final result (final metrics and sharpness), so
 a sink that never regains control after its last report (a Ray Tune function
 trainable) can still close its MLflow run first.
 
-Training batches come from the device loader (crop and flip batched on the
-trial's device) or, when the recipe has per-image transforms (AutoAugment,
-RandomErasing), from worker processes (``config.pipeline``); either way an epoch
-is ``epoch_passes`` passes over the training set.  With ``cutmix_prob`` or
+The trial's data (:class:`~samtune.data.trial_data.TrialData`) is opened by
+whoever runs the trial (:func:`open_data`) and handed in; its training loader
+yields this worker's share of every global batch, whether the set is held in
+memory or streamed, and an epoch is ``epoch_passes`` passes over the training set.  With ``cutmix_prob`` or
 ``mixup_prob`` a batch may be mixed; its soft labels enter the loss of both
 passes of a SAM step, while the training error counts against the hard labels.
 
@@ -30,29 +30,19 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from samtune import probes, schema, sharpness
-from samtune.augment import BatchMixer, image_transform, to_uint8
+from samtune import schema, sharpness
 from samtune.config import TrialConfig
-from samtune.data import fixed_batches
+from samtune.data.loaders import fixed_batches
+from samtune.data.trial_data import EvalSplit, Recipe, TrialData, open_trial_data, whole_split
 from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
 from samtune.optim.distributed import average_directions
-from samtune.replica import SINGLE, Replica
 from samtune.schedules import TrialSchedule, training_progress
-from samtune.trial_data import (
-    EvalSplit,
-    cached_dataset,
-    first_examples,
-    image_shape,
-    open_trial_data,
-    test_split,
-    train_split,
-)
-from samtune.worker_loader import WorkerLoader
+from samtune.trial import probes
+from samtune.trial.replica import SINGLE, Replica
 
 # 3: the batch mixer's generator state ("mixer"); 4: every worker's RNG state; 5: steps since sam_start
 CHECKPOINT_VERSION = 5
-__all__ = ["Trial", "TrialResult", "cached_dataset", "train"]
 
 
 @dataclass
@@ -97,6 +87,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def open_data(config: TrialConfig) -> TrialData:
+    """The data a trial with ``config`` trains on, on the device it runs on."""
+    device = resolve_device(config.device)
+    return open_trial_data(config.dataset, device=device, root=config.data_dir, download=config.download,
+                           streaming=config.streaming, image_size=config.image_size)
+
+
+def recipe(config: TrialConfig) -> Recipe:
+    """How the trial's training batches are made (crop and flip, per-image policies, passes)."""
+    return Recipe(augment=config.augment, autoaugment=config.autoaugment, erasing=config.random_erasing,
+                  erasing_max_area=config.random_erasing_max_area, erasing_aspect=config.random_erasing_aspect,
+                  pipeline=config.pipeline, passes=config.epoch_passes, workers=config.loader_workers,
+                  cutmix_prob=config.cutmix_prob, cutmix_alpha=config.cutmix_alpha, mixup_prob=config.mixup_prob,
+                  mixup_alpha=config.mixup_alpha)
+
+
 def loss_function(config: TrialConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     smoothing = config.label_smoothing
 
@@ -111,15 +117,16 @@ def plain_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 
 class Trial:
-    """Model, optimizer, data and schedules of one trial, built from its config."""
+    """Model, optimizer, data and schedules of one trial, built from its config and its
+    data (opened from the config when not given)."""
 
-    def __init__(self, config: TrialConfig, replica: Replica = SINGLE):
+    def __init__(self, config: TrialConfig, data: TrialData | None = None, replica: Replica = SINGLE):
         self.config, self.replica = config, replica
         self.device = resolve_device(config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.data = open_trial_data(config, self.device)
-        self.model, self.init_params = build_model(config, image_shape(self.data), self.device)
+        self.data = open_data(config) if data is None else data
+        self.model, self.init_params = build_model(config, self.data.image_shape(), self.device)
         self.optimizer = create_optimizer(
             self.model.parameters(), optimizer=config.optimizer,
             base_optimizer=config.base_optimizer, lr=config.lr, momentum=config.momentum,
@@ -128,8 +135,9 @@ class Trial:
         self.two_pass = is_two_pass(self.optimizer)
         self.forward_model = self._data_parallel()
         self.schedule = TrialSchedule.from_config(config)
+        self.recipe = recipe(config)
         self.loader = self._train_loader()
-        self.mixer = build_mixer(config, self.data.num_classes, seed=config.seed + replica.rank)
+        self.mixer = self.recipe.batch_mixer(self.data.num_classes, seed=config.seed + replica.rank)
         self.loss_fn = loss_function(config)
         self.state = LoopState()
 
@@ -149,19 +157,9 @@ class Trial:
         return DistributedDataParallel(self.model, device_ids=ids)
 
     def _train_loader(self):
-        batch = self.schedule.batch_size(0)
-        if self.config.streams:
-            return self.data.train_loader(batch_size=batch, seed=self.config.seed, rank=self.replica.rank,
-                                          world=self.replica.world, passes=self.config.epoch_passes,
-                                          workers=self.config.loader_workers, device=self.device)
-        return build_train_loader(self.config, self.data, self.device, batch)
-
-    def _share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This worker's share of a global batch (a streaming loader yields only that)."""
-        if not self.replica.distributed or self.config.streams:
-            return x, y
-        share = self.replica.share(len(y))
-        return x[share], y[share]
+        return self.data.train_loader(self.recipe, batch_size=self.schedule.batch_size(0),
+                                      seed=self.config.seed, rank=self.replica.rank, world=self.replica.world,
+                                      device=self.device)
 
     # -- checkpoints ---------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -308,9 +306,8 @@ class Trial:
             if left == 0:
                 break
             if self.config.budget_unit == "samples" and left is not None and left < len(y):
-                x, y = x[:left], y[:left]  # the budget ends inside this batch (one worker only)
-            global_batch = len(y) * (self.replica.world if self.config.streams else 1)
-            x, y = self._share(x, y)
+                x, y = x[:left], y[:left]  # the budget ends inside this batch (single-worker trials only)
+            global_batch = len(y) * self.replica.world
             progress = self.elapsed(epoch, i, steps_per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(progress, batch)
@@ -355,11 +352,12 @@ class Trial:
     def epoch_record(self, epoch: int, stats: dict[str, float]) -> dict[str, float]:
         self.replica.align_buffers(self.model)  # every worker evaluates (and saves) rank 0's model
         batch = self.config.eval_batch_size
-        test_loss, test_error = self.evaluate(test_split(self.data, batch_size=batch, replica=self.replica,
-                                                         device=self.device, workers=self.config.loader_workers))
+        test_loss, test_error = self.evaluate(self.data.test_split(
+            batch_size=batch, rank=self.replica.rank, world=self.replica.world, device=self.device,
+            workers=self.config.loader_workers))
         n = self.config.train_eval_examples
         if n:
-            train_loss, train_error = self.evaluate(train_split(*first_examples(self.data, n, self.device), batch))
+            train_loss, train_error = self.evaluate(whole_split(*self.data.first_examples(n), batch))
         else:
             train_loss, train_error = stats["running_loss"], stats["running_error"]
         return {
@@ -372,11 +370,11 @@ class Trial:
         } | (self.probe(epoch, int(stats["batch_size"])) if self.config.probes else {})
 
     def probe(self, epoch: int, batch: int) -> dict[str, float]:
-        """The theory probes (samtune.probes) of the weights after ``epoch``: the trial's
+        """The theory probes (samtune.trial.probes) of the weights after ``epoch``: the trial's
         direction at the ρ the schedule gives there, mini-batches of the epoch's (global)
         batch size, drawn the same on every worker."""
         config = self.config
-        x, y = first_examples(self.data, config.probe_examples, self.device)
+        x, y = self.data.first_examples(config.probe_examples)
         rho = self.schedule.rho(self.elapsed(epoch + 1, 0, 1))
         direction = probes.Direction.of_optimizer(config.optimizer, rho=rho, alpha=config.alpha,
                                                   adaptive=config.adaptive, eta=config.eta)
@@ -391,7 +389,7 @@ class Trial:
             return {}, {}
         # a set smaller than sharpness_examples is measured whole; the measures'
         # definitions record the number actually used
-        x, y = first_examples(self.data, self.config.sharpness_examples, self.device)
+        x, y = self.data.first_examples(self.config.sharpness_examples)
         batches = fixed_batches(x, y, n_examples=len(y), batch_size=self.config.sharpness_batch)
         values = sharpness.measure_all(self.model, plain_cross_entropy, batches, names=names,
                                        init_params=self.init_params, seed=self.config.seed)
@@ -427,35 +425,6 @@ def build_model(config: TrialConfig, shape: dict[str, int], device: torch.device
     return model, init_params
 
 
-def build_train_loader(config: TrialConfig, data, device: torch.device, batch_size: int):
-    """The training loader of ``config.pipeline``: the whole recipe batched on the device
-    (crop and flip, AutoAugment, RandomErasing; samtune.device_augment), or the per-image
-    recipe in ``loader_workers`` worker processes. Crop and flip are the set's own
-    augmentation (none for digits) when ``augment`` is on, in both pipelines."""
-    crop_flip = config.augment and data.augment == "crop_flip"
-    if config.pipeline == "device":
-        return data.train_loader(
-            batch_size=batch_size, seed=config.seed, passes=config.epoch_passes,
-            augment=None if config.augment else "none", autoaugment=config.autoaugment,
-            erasing=config.random_erasing, erasing_max_area=config.random_erasing_max_area,
-            erasing_aspect=config.random_erasing_aspect)
-    transform = image_transform(
-        size=data.image_size, pad=data.pad, mean=data.mean, std=data.std, crop_flip=crop_flip,
-        autoaugment=config.autoaugment, erasing=config.random_erasing,
-        erasing_max_area=config.random_erasing_max_area, erasing_aspect=config.random_erasing_aspect)
-    return WorkerLoader(to_uint8(data.train_x, data.mean, data.std), data.train_y, transform=transform,
-                        batch_size=batch_size, passes=config.epoch_passes, seed=config.seed,
-                        workers=config.loader_workers, device=device)
-
-
-def build_mixer(config: TrialConfig, num_classes: int, seed: int) -> BatchMixer | None:
-    if config.cutmix_prob + config.mixup_prob == 0:
-        return None
-    return BatchMixer(num_classes=num_classes, cutmix_prob=config.cutmix_prob,
-                      cutmix_alpha=config.cutmix_alpha, mixup_prob=config.mixup_prob,
-                      mixup_alpha=config.mixup_alpha, seed=seed)
-
-
 def final_metrics(record: dict[str, float]) -> dict[str, float]:
     return {schema.FINAL_PREFIX + key: record[key] for key in schema.FINAL_OF}
 
@@ -464,16 +433,17 @@ def _is_finite(record: dict[str, float]) -> bool:
     return all(math.isfinite(record[k]) for k in ("train_loss", "test_loss"))
 
 
-def train(config: TrialConfig, sink: Sink | None = None,
-          resume: dict[str, Any] | None = None, replica: Replica = SINGLE) -> TrialResult:
-    """Run one trial (optionally from a checkpoint dict) and return its result; on
-    several workers, this worker's part of it (``replica``).
+def train(config: TrialConfig, sink: Sink | None = None, resume: dict[str, Any] | None = None,
+          replica: Replica = SINGLE, *, data: TrialData | None = None) -> TrialResult:
+    """Run one trial (optionally from a checkpoint dict) on ``data`` (default: opened
+    here from the config) and return its result; on several workers, this worker's
+    part of it (``replica``).
 
     Training ends after ``epochs`` epochs, when the budget is spent (possibly
     inside an epoch, which is then recorded as the last one), or after the first
     epoch that meets the training criterion."""
     sink = sink or NullSink()
-    trial = Trial(config, replica)
+    trial = Trial(config, data, replica)
     if resume is not None:
         trial.restore(resume)
     while not trial.done():

@@ -1,7 +1,7 @@
 """``samtune replay RUN_ID``: train one trial again on the schedule a population-based
 search discovered for it.
 
-A PBT trial's lineage (``lineage.json``, see :mod:`samtune.lineage`) lists the segments
+A PBT trial's lineage (``lineage.json``, see :mod:`samtune.trial.lineage`) lists the segments
 its final weights trained through: from which epoch on, with which values of ρ, α, lr,
 batch size, weight decay and momentum.  Replay trains segment by segment exactly as the
 search did: each segment starts from the checkpoint the previous one ended with, under
@@ -22,12 +22,12 @@ from typing import Any
 import yaml
 
 from samtune import schema
+from samtune.commands.train import ProgressSink, Sinks, print_summary
 from samtune.config import TrialConfig, make_trial_config
-from samtune.lineage import schedule_csv, segment
-from samtune.one_trial import ModelArtifactSink, ProgressSink, Sinks, print_summary
-from samtune.provenance import identity_tags
-from samtune.tracking import MlflowSink, Tracker
-from samtune.train import TrialResult, train
+from samtune.tracking.store import Tracker
+from samtune.tracking.trial_run import TrialRun
+from samtune.trial.lineage import schedule_csv, segment
+from samtune.trial.loop import TrialResult, open_data, train
 
 
 class _SegmentEnd(Exception):
@@ -53,14 +53,16 @@ def segment_configs(config: dict[str, Any], segments: list[dict[str, Any]]) -> l
             for seg in segments]
 
 
-def train_segments(configs: list[TrialConfig], segments: list[dict[str, Any]], sink) -> TrialResult:
-    """Train through the segments, each resumed from where the previous one stopped."""
+def train_segments(configs: list[TrialConfig], segments: list[dict[str, Any]], sink, data=None) -> TrialResult:
+    """Train through the segments, each resumed from where the previous one stopped
+    (all on ``data``: segments differ in optimizer and batch values, not in data)."""
     state = None
+    data = open_data(configs[0]) if data is None else data
     ends = [nxt["epoch"] for nxt in segments[1:]] + [None]
     for config, end in zip(configs, ends, strict=True):
         until = _Until(sink, end)
         try:
-            return train(config, until, resume=state)
+            return train(config, until, resume=state, data=data)
         except _SegmentEnd:
             state = until.saved
     raise RuntimeError("the last segment ended before its trial did")
@@ -79,32 +81,32 @@ def read_schedule(tracker: Tracker, run_id: str) -> tuple[dict[str, Any], list[d
 class _ScheduleSink:
     """Logs the schedule the replay trained on before the run is closed."""
 
-    def __init__(self, tracker: Tracker, run_id: str, segments: list[dict[str, Any]]):
-        self.tracker, self.run_id, self.segments = tracker, run_id, segments
+    def __init__(self, run: TrialRun, segments: list[dict[str, Any]]):
+        self.run, self.segments = run, segments
 
     def on_epoch(self, record, checkpoint, final) -> None:
         if final is not None:
-            self.tracker.log_text(self.run_id, schedule_csv(final.history, self.segments), schema.ARTIFACT_SCHEDULE)
+            self.run.log_text(schedule_csv(final.history, self.segments), schema.ARTIFACT_SCHEDULE)
 
 
 def replay_run(run_id: str, *, tracking_uri: str | None, device: str) -> int:
     tracker = Tracker(tracking_uri)
     config, segments = read_schedule(tracker, run_id)
     configs = segment_configs(config | {"device": device}, segments)
+    data = open_data(configs[0])
     experiment_id = tracker.run_experiment_id(run_id)
     name = f"replay-{run_id[:8]}-{uuid.uuid4().hex[:6]}"
-    new_run = tracker.start_trial_run(experiment_id, params=configs[-1].to_params(), run_name=name, trial_id=name,
-                                      tags=identity_tags(configs[-1].hparams) | {schema.TAG_REPLAY_OF: run_id})
-    tracker.log_text(new_run, json.dumps({"segments": segments}, indent=2), schema.ARTIFACT_LINEAGE)
-    config_yaml = yaml.safe_dump(configs[-1].model_dump(mode="json"), sort_keys=False)
-    sink = Sinks(_ScheduleSink(tracker, new_run, segments), MlflowSink(tracker, new_run, config_yaml),
-                 ModelArtifactSink(tracker, new_run), ProgressSink(configs[-1].epochs))
+    run = TrialRun.start(tracker, experiment_id, configs[-1], run_name=name, trial_id=name,
+                         tags={schema.TAG_REPLAY_OF: run_id}, keep_model=True)
+    run.log_datasets(data.records())
+    run.log_text(json.dumps({"segments": segments}, indent=2), schema.ARTIFACT_LINEAGE)
+    sink = Sinks(_ScheduleSink(run, segments), run, ProgressSink(configs[-1].epochs))
     started = time.perf_counter()
     try:
-        result = train_segments(configs, segments, sink)
+        result = train_segments(configs, segments, sink, data)
     except BaseException as err:
-        tracker.end_trial_run(new_run, schema.FAILED, f"{type(err).__name__}: {err}")
+        run.end(schema.FAILED, f"{type(err).__name__}: {err}")
         raise
     print(f"replayed {len(segments)} segment(s) of run {run_id}")
-    print_summary(result, time.perf_counter() - started, tracker.uri, experiment_id, new_run)
+    print_summary(result, time.perf_counter() - started, tracker.uri, experiment_id, run.run_id)
     return 0 if result.status == schema.COMPLETED else 1

@@ -27,7 +27,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from samtune.augment import ERASING_MIN_AREA
+from samtune.data.augment import ERASING_MIN_AREA
 
 # torchvision's AutoAugmentPolicy.CIFAR10 (transforms/v2/_auto_augment.py): 25 sub-policies of
 # two (op, probability, magnitude bin) each.

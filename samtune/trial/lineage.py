@@ -1,11 +1,11 @@
 """The ancestry of a trial under population-based training, and the schedule it yields.
 
 PBT copies a good trial's checkpoint into a worse one and perturbs some of its values
-(``samtune.spec.PBT_KEYS``).  A trial's lineage is the list of segments its final
+(``samtune.schema.PBT_KEYS``).  A trial's lineage is the list of segments its final
 weights trained through: each says from which epoch on, in which trial, with which
 values.  It travels inside the checkpoint, so a clone inherits its donor's segments and
 adds its own: the lineage of the winner is the schedule that produced it, epoch by
-epoch, and :mod:`samtune.replay` trains it again.  Torch-free.
+epoch, and :mod:`samtune.commands.replay` trains it again.  Torch-free.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from samtune.spec import PBT_KEYS
+from samtune.schema import PBT_KEYS
 
 LINEAGE_KEY = "samtune_lineage"  # in a trial checkpoint: its segments
 SCHEDULE_COLUMNS = ("epoch", "lr", "rho", "batch_size")  # from each epoch's record

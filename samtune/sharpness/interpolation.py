@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from samtune import schema
-from samtune.config import ConfigError
+from samtune.checks import ConfigError
 from samtune.sharpness._surface import LossFn, evaluation_mode
 
 COLUMNS = ("a", "train_loss", "train_error", "test_loss", "test_error")
@@ -162,61 +162,3 @@ def write_outputs(frame: pd.DataFrame, labels: tuple[str, str], out: Path) -> tu
     frame.to_csv(csv, index=False)
     interpolation_figure(frame, labels).savefig(png, dpi=120, format="png")
     return csv, png
-
-
-# -- two recorded runs ------------------------------------------------------------------
-def check_same_task(configs: Sequence, sources: tuple[str, str]) -> None:
-    """ConfigError unless both runs trained the same model on the same data set."""
-    for key in ("model", "dataset"):
-        values = [getattr(config, key) for config in configs]
-        if values[0] != values[1]:
-            raise ConfigError(f"the runs differ in {key}: {values[0]!r} ({sources[0]}) and {values[1]!r} "
-                              f"({sources[1]}); interpolation needs the same model, data set and classes")
-
-
-def evaluation_batches(trial, examples: int | None) -> tuple[list[Batch], list[Batch]]:
-    """The first ``examples`` training examples (default: the trial's
-    train_eval_examples, all when 0) and the whole test set, in evaluation batches."""
-    from samtune.data import fixed_batches
-
-    data, size = trial.data, trial.config.eval_batch_size
-    n = examples if examples is not None else trial.config.train_eval_examples
-    n = min(n, len(data.train_y)) if n else len(data.train_y)
-    return (fixed_batches(data.train_x, data.train_y, n_examples=n, batch_size=size),
-            fixed_batches(data.test_x, data.test_y, n_examples=len(data.test_y), batch_size=size))
-
-
-def source_label(source: str) -> str:
-    return Path(source).name if Path(source).exists() else source[:8]
-
-
-def interpolate_runs(sources: tuple[str, str], *, points: int = DEFAULT_POINTS,
-                     lo: float = DEFAULT_RANGE[0], hi: float = DEFAULT_RANGE[1],
-                     examples: int | None = None, out: Path, device: str = "auto",
-                     tracking_uri: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The curve between two saved trials (MLflow run ids or checkpoint files),
-    written to ``out`` and recorded as an MLflow run in the first run's experiment;
-    returns (curve, MLflow run id). Mistakes are refused before anything is recorded."""
-    from samtune.one_trial import load_saved_model, saved_trial
-    from samtune.tracking import Tracker
-
-    alphas = grid(points, lo, hi)
-    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
-        raise ConfigError(f"examples = {examples!r}: allowed an integer >= 1")
-    (config, first), (other, second) = (load_saved_model(s, tracking_uri, device) for s in sources)
-    check_same_task((config, other), sources)
-    check_compatible(first, second, sources)
-    trial = saved_trial(config, first)
-    train_batches, test_batches = evaluation_batches(trial, examples)
-    frame = interpolation_curve(trial.model, first, second, train_batches, test_batches, alphas)
-    labels = tuple(source_label(s) for s in sources)
-    files = write_outputs(frame, labels, out)
-    params = {"points": str(len(alphas)), "range": f"{lo},{hi}",
-              "train_examples": str(sum(len(y) for _, y in train_batches)),
-              "test_examples": str(sum(len(y) for _, y in test_batches))}
-    tracker = Tracker(tracking_uri)
-    # a checkpoint file belongs to no experiment: record it where samtune train records
-    experiment_id = (tracker.ensure_experiment(schema.DEFAULT_EXPERIMENT_TRAIN) if Path(sources[0]).exists()
-                     else tracker.run_experiment_id(sources[0]))
-    run_id = tracker.record_interpolation(experiment_id, sources, frame, params=params, files=files)
-    return frame, run_id

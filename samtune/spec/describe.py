@@ -1,0 +1,76 @@
+"""What a search would run, without running it: the Optuna define-by-run space, the
+first sampled configs, and the dry run ``samtune search --dry-run`` prints."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from samtune.config import make_trial_config
+from samtune.spec.distributions import _Distribution
+from samtune.spec.grid import bundle_table, expand_bundles, grid_choices, grid_size
+from samtune.spec.search_spec import SearchSpec
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The Optuna define-by-run space: it only suggests values.  A picklable
+    object, not a closure, because Ray saves the searcher with the experiment."""
+
+    distributions: tuple[_Distribution, ...]
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for dist in self.distributions:
+            if dist.active(chosen):
+                chosen[dist.key] = dist.suggest(trial)
+
+
+def define_by_run(spec: SearchSpec) -> DefineByRun:
+    return DefineByRun(spec.search)
+
+
+def sample_configs(spec: SearchSpec, count: int = 5) -> list[dict[str, Any]]:
+    """The first searched configs, as the search would draw them."""
+    if spec.grid:
+        return list(itertools.islice(grid_choices(spec), count))
+    if not spec.search:
+        return [{}]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    space = define_by_run(spec)
+    out = []
+    for _ in range(count):
+        trial = study.ask()
+        space(trial)
+        out.append(dict(trial.params))
+    return out
+
+
+def describe(spec: SearchSpec, count: int = 5) -> str:
+    """The dry run: the resolved spec and the first sampled configs, each validated."""
+    total = (f"{grid_size(spec)} grid points x {spec.samples}" if spec.grid
+             else f"a population of {spec.samples} trials ({spec.scheduler_name} evolving "
+                  f"{', '.join(spec.mutated_keys)} every {spec.scheduler.interval} epochs)" if spec.mutated_keys
+             else f"{spec.samples} Optuna TPE samples")
+    lines = ["# resolved search space", yaml.safe_dump(spec.resolved(), sort_keys=False).rstrip(),
+             f"# {total}, {spec.concurrency} at a time", f"# first {count} sampled configs:"]
+    bundles = bundle_table(spec)
+    for i, sample in enumerate(sample_configs(spec, count)):
+        values, _ = expand_bundles({**spec.trial, **sample}, bundles)
+        make_trial_config(values, where=f"sample {i}")
+        lines.append(f"- {sample}")
+    if spec.workers > 1:
+        each = ", ".join(f"{value:g} {key.upper()}" for key, value in spec.worker_resources.items())
+        lines.append(f"# each trial: {spec.workers} data-parallel workers of {each}; every global batch is "
+                     f"split in {spec.workers}, m-sharpness with m = batch / {spec.workers}")
+    if spec.budget:
+        budget, unit = spec.budget
+        lines.append(f"# equal budget: every cell trains for {budget} {unit}; epochs per cell: "
+                     f"{[cell['epochs'] for cell in spec.cells()]}")
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""The search spec itself: :class:`SearchSpec`, one YAML file's sections put together,
+and the checks across sections (what a grid, a scheduler, an equal budget or
+data-parallel workers ask of the rest of the spec).
+
+Each section's own rules live with it (:mod:`~samtune.spec.distributions`,
+:mod:`~samtune.spec.grid`, :mod:`~samtune.spec.schedulers`,
+:mod:`~samtune.spec.resources`, :mod:`~samtune.spec.objective`); this module decides
+the order in which they are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from samtune import schema
+from samtune.config import make_trial_config
+from samtune.spec.distributions import Distribution, _check_when, _Distribution, _parents_first
+from samtune.spec.grid import (
+    BundleAxis,
+    EqualBudget,
+    GridAxis,
+    ValueAxis,
+    _check_grid_cells,
+    _equal_budget,
+    grid_cells,
+    grid_size,
+)
+from samtune.spec.objective import Objective, reported_metrics
+from samtune.spec.resources import Resources, _check_loader_cpus, _check_worker_batches
+from samtune.spec.schedulers import Pbt, SchedulerSection, _check_population, asha_max_t, scheduler_section
+from samtune.spec.values import (
+    MeasureKey,
+    NonNegativeInt,
+    PositiveInt,
+    TrialKey,
+    _refuse_fixed,
+    _refuse_invalid_value,
+    _Section,
+)
+
+
+def _experiment_name(name: str) -> str:
+    if not name.strip() or "/" in name:
+        raise ValueError("a non-empty experiment name without '/' is required")
+    return name
+
+
+_SEARCH_SECTION = TypeAdapter(dict[TrialKey, Distribution])
+_GRID_SECTION = TypeAdapter(dict[Annotated[str, BeforeValidator(str)], GridAxis])
+
+
+class SearchSpec(_Section):
+    """One search.  ``trial`` holds the fixed trial values; ``search`` the Optuna
+    distributions (a conditional key after the keys it depends on); ``grid`` the grid
+    axes; ``source`` the YAML text as given, for the record."""
+
+    _not_in_yaml: ClassVar[frozenset[str]] = frozenset({"source"})
+
+    name: Annotated[str, Field(strict=True), AfterValidator(_experiment_name)]
+    trial: dict[str, Any] = Field(default_factory=dict)
+    search: tuple[Distribution, ...] = ()
+    grid: tuple[GridAxis, ...] = ()
+    objective: Objective = Field(default_factory=Objective)
+    samples: PositiveInt = 16
+    concurrency: PositiveInt = 2
+    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
+    scheduler: SchedulerSection | None = None
+    sharpness: tuple[MeasureKey, ...] | None = None
+    seed: NonNegativeInt = 0
+    max_failures: NonNegativeInt = 2
+    equal_budget: EqualBudget | None = None
+    source: str = ""
+    _budget: int | None = PrivateAttr(None)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Apply the top-level shortcuts: ``sharpness`` sets ``trial.sharpness``; ``seed``
+        also seeds the trials unless ``trial``, ``search`` or ``grid`` gives their seed;
+        ``samples`` defaults to 1 repeat of a grid, else 16 Optuna samples."""
+        trial = {} if data.get("trial") is None else data["trial"]
+        if isinstance(trial, Mapping):
+            trial = dict(trial)
+            if "sharpness" in data:
+                trial["sharpness"] = data["sharpness"]
+            searched = [key for section in ("search", "grid") if isinstance(data.get(section), Mapping)
+                        for key in data[section]]
+            if "seed" in data and "seed" not in trial and "seed" not in searched:
+                trial["seed"] = data["seed"]
+        data["trial"] = trial
+        if data.get("objective") is None:
+            data.pop("objective", None)
+        data.setdefault("samples", 1 if data.get("grid") else 16)
+        data["source"] = (info.context or {}).get("source", "")
+        return data
+
+    @field_validator("search", mode="plain")
+    @classmethod
+    def _distributions(cls, value: Any) -> tuple[_Distribution, ...]:
+        dists = _SEARCH_SECTION.validate_python({} if value is None else value)
+        for key, dist in dists.items():
+            dist._key = key
+        return _parents_first(dists)
+
+    @field_validator("grid", mode="plain")
+    @classmethod
+    def _axes(cls, value: Any) -> tuple[ValueAxis | BundleAxis, ...]:
+        axes = _GRID_SECTION.validate_python({} if value is None else value)
+        for name, axis in axes.items():
+            axis._name = name
+        return tuple(axes.values())
+
+    @field_validator("resources", mode="plain")
+    @classmethod
+    def _resources(cls, value: Any) -> dict[str, float]:
+        return Resources.model_validate({} if value is None else value).as_dict()
+
+    @field_validator("scheduler", mode="plain")
+    @classmethod
+    def _scheduler(cls, value: Any) -> SchedulerSection | None:
+        return scheduler_section(value)
+
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> SearchSpec:
+        if self.search and self.grid:
+            raise ValueError("search and grid are both given: use `search` (Optuna) or `grid` "
+                             "(every combination), not both")
+        base = make_trial_config(self.trial, where="trial")
+        for dist in self.search:
+            _refuse_fixed("search", dist.key, self.trial)
+            for value in dist.values:
+                _refuse_invalid_value("search", dist.key, value, self.trial)
+            _check_when(dist, self.search)
+        names = tuple(axis.name for axis in self.grid)
+        for axis in self.grid:
+            axis.check(self.trial, names)
+        _check_grid_cells(self)
+        allowed = reported_metrics(base)
+        for metric in self.objective.metrics:
+            if metric not in allowed:
+                raise ValueError(f"objective.metric = {metric!r} is never reported by a trial; "
+                                 f"allowed: {', '.join(allowed)}")
+        if self.scheduler and self.objective.is_pareto:
+            raise ValueError(f"scheduler = {self.scheduler_name} with a two-metric (Pareto) objective is not "
+                             f"supported; use scheduler: none")
+        if isinstance(self.scheduler, Pbt):
+            _check_population(self)
+        elif self.scheduler is not None:
+            asha_max_t(self)
+        if self.equal_budget is not None:
+            self._budget = _equal_budget(self)
+        _check_loader_cpus(base.loader_workers, self.resources)
+        _check_worker_batches(self)
+        return self
+
+    @property
+    def scheduler_name(self) -> str:
+        return "none" if self.scheduler is None else getattr(self.scheduler, "kind", "asha")
+
+    @property
+    def mutated_keys(self) -> tuple[str, ...]:
+        """The keys population-based training changes during trials (none without it)."""
+        if not isinstance(self.scheduler, Pbt):
+            return ()
+        if self.scheduler.mutate is not None:
+            return self.scheduler.mutate
+        return tuple(d.key for d in self.search if d.key in schema.PBT_KEYS)
+
+    @property
+    def workers(self) -> int:
+        """Data-parallel workers per trial (``resources.workers``)."""
+        return int(self.resources.get("workers", 1))
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What Ray reserves for each worker of a trial (the whole trial when workers = 1)."""
+        return {key: value for key, value in self.resources.items() if key != "workers"}
+
+    @property
+    def budget(self) -> tuple[int, str] | None:
+        """(budget, unit) every trial gets under ``equal_budget``; None without it."""
+        return None if self._budget is None else (self._budget, self.equal_budget.unit)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every grid point as trial values: fixed values, bundles expanded, and the
+        equal budget applied (what each trial of a grid runs with)."""
+        return [values for _, values in grid_cells(self)]
+
+    # -- what the runner and the dry run read
+    @property
+    def searched_keys(self) -> tuple[str, ...]:
+        return tuple(d.key for d in self.search) + tuple(axis.name for axis in self.grid)
+
+    @property
+    def total_trials(self) -> int:
+        return grid_size(self) * self.samples if self.grid else self.samples
+
+    def grid_axes(self) -> dict[str, list]:
+        """Axis -> the values ``tune.grid_search`` iterates over (bundle names for an axis of bundles)."""
+        return {axis.name: axis.choices for axis in self.grid}
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as a plain mapping with every default filled in."""
+        scheduler = {self.scheduler_name: self.scheduler.model_dump()} if self.scheduler else "none"
+        return {
+            "name": self.name, "trial": dict(self.trial),
+            "search": {d.key: d.resolved() for d in self.search},
+            "grid": {axis.name: axis.resolved() for axis in self.grid},
+            "objective": {"metric": list(self.objective.metrics), "mode": list(self.objective.modes)},
+            "samples": self.samples, "concurrency": self.concurrency, "resources": dict(self.resources),
+            "scheduler": scheduler, "seed": self.seed, "max_failures": self.max_failures,
+        } | ({"equal_budget": self.equal_budget.model_dump()} if self.equal_budget else {})
