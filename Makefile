@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install search test lint bench clean-venv
+.PHONY: install search test test-fast lint bench clean-venv
 
 install: $(STAMP)
 
@@ -18,8 +18,13 @@ search: $(STAMP)
 	$(BIN)/samtune search
 	$(BIN)/samtune report  # the default search's experiment, into reports/<experiment>
 
+# two processes: the end-to-end tests (marker `slow`) in one, the unit tests in the other
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# every module's unit tests, without the end-to-end ones
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Which trials fit their training set, and so are compared (DESIGN.md, "Evidence protocol").
+"""Which trials fit their training set, and so are compared.
 
 Generalization measures are compared only across networks that each fit their
 training set to a common criterion (Jiang et al., "Fantastic Generalization Measures

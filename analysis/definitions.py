@@ -1,4 +1,4 @@
-"""A measure is its name and its settings (DESIGN.md, "Identity").
+"""A measure is its name and its settings.
 
 Every trial logs, beside metric ``sharpness_<name>``, params
 ``sharpness.<name>.<setting>`` (ρ, norm, adaptive, steps, and the batch size ``m``,

@@ -1,5 +1,5 @@
 """MLflow → pandas: one row per samtune trial, with the reason each excluded row
-was dropped (DESIGN.md, "MLflow layout").
+was dropped.
 
 A trial table holds, per trial: bookkeeping (``run_id``, ``trial_id``,
 ``status``, ``error``…), every parameter (strings converted to numbers where
@@ -117,7 +117,7 @@ class TrialTable:
 
 def mlflow_client(tracking_uri: str | None) -> MlflowClient:
     """A client for ``tracking_uri`` (MLflow's default when None), with telemetry off
-    unless the user asked for it (stack.md §5)."""
+    unless the user asked for it."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 

@@ -49,12 +49,11 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
                  max_train_error: float | None = DEFAULT_MAX_TRAIN_ERROR) -> ReportResult:
     """Write the sharpness–generalization report of ``experiment`` into ``out_dir``.
 
-    Only trials that fit their training set are analysed (DESIGN.md, "Evidence
-    protocol"; :mod:`analysis.criterion`): with a training criterion, those that reached
-    it, and only those trained under the most common criterion setting; without one,
-    those whose ``final_train_error`` is at most ``max_train_error`` (default 0.5, the
-    majority rule; None applies no threshold).  Every other trial is named in the report
-    with the reason.
+    Only trials that fit their training set are analysed (:mod:`analysis.criterion`):
+    with a training criterion, those that reached it, and only those trained under the
+    most common criterion setting; without one, those whose ``final_train_error`` is at
+    most ``max_train_error`` (default 0.5, the majority rule; None applies no threshold).
+    Every other trial is named in the report with the reason.
 
     Raises ``UnknownExperiment`` (unknown experiment or search run) or ``NotEnoughTrials``
     (fewer than 3 usable trials; the message lists why the others were excluded), both

@@ -1,4 +1,4 @@
-"""Column names the analysis reads (DESIGN.md, "Names that cross boundaries").
+"""Column names the analysis reads.
 
 Every name that samtune writes comes from :mod:`samtune.schema` (torch-free, the one
 owner of those names), and the other analysis modules read them here, never from
@@ -87,8 +87,8 @@ MEASURE_SELECTION = MEASUREMENT_KEYS - {TRAIN_EVAL_EXAMPLES}
 SHARPNESS_BATCH, SHARPNESS_EXAMPLES = "sharpness_batch", "sharpness_examples"
 assert {TRAIN_EVAL_EXAMPLES, SHARPNESS_BATCH, SHARPNESS_EXAMPLES} <= MEASUREMENT_KEYS
 
-# the training criterion (trial keys ``stop_<quantity>``, DESIGN.md "Evidence
-# protocol"): its bounds, and the metrics that say whether a trial reached it
+# the training criterion (trial keys ``stop_<quantity>``): its bounds, and the metrics
+# that say whether a trial reached it
 CRITERION_QUANTITIES = _samtune.CRITERION_QUANTITIES
 CRITERION_PARAMS = {quantity: f"stop_{quantity}" for quantity in CRITERION_QUANTITIES}
 CRITERION_REACHED = _samtune.CRITERION_REACHED

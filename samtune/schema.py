@@ -1,5 +1,5 @@
 """Every name that crosses a boundary: YAML keys' allowed values, metric names,
-MLflow tags, statuses and artifact names (DESIGN.md, "Names that cross boundaries").
+MLflow tags, statuses and artifact names.
 
 This module imports nothing heavy (no torch, Ray or MLflow), so the search spec,
 the CLI's validation and the ``analysis`` package can all use it.  The registries

@@ -67,6 +67,16 @@ def no_ray():
     ray.shutdown()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``-n 2 --dist loadgroup`` (``make test``) the end-to-end tests run one after
+    another in one process (they each start Ray, servers or several processes, and keep
+    both cores busy) while the unit tests share the other."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("end-to-end"))
+
+
 def pytest_sessionfinish(session, exitstatus):
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():

@@ -1,4 +1,4 @@
-"""A measure is its name and its settings (DESIGN.md, "Identity"): a report never pools
+"""A measure is its name and its settings: a report never pools
 numbers computed under different definitions, names (and filters) what it reads from
 samtune's schema, and imports neither torch nor training code."""
 

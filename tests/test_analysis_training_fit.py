@@ -1,5 +1,5 @@
 """The report compares trials that fit their training set, at one training criterion
-(DESIGN.md, "Evidence protocol"), and shows the compute each group got.
+(the evidence protocol), and shows the compute each group got.
 
 Synthetic MLflow stores with planted non-learners (train and test error 0.9, chance for
 ten classes) among learners; every expectation is computed here, independently of the

@@ -89,6 +89,7 @@ def reference_step(alpha: float, world: int = 2) -> dict[str, torch.Tensor]:
     return {k: w[k] - LR * (mean[k] + WEIGHT_DECAY * w[k]) for k in names}
 
 
+@pytest.mark.slow  # two gloo processes
 @pytest.mark.parametrize(("optimizer", "alpha"), [("sam", 0.0), ("gsam", 0.3)])
 def test_two_worker_step_equals_the_split_batch_reference(tmp_path, optimizer, alpha):
     mp.spawn(worker, args=(2, free_port(), optimizer, alpha, str(tmp_path)), nprocs=2, join=True)

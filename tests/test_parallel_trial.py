@@ -18,6 +18,8 @@ import torch.multiprocessing as mp
 from samtune.config import make_trial_config
 from samtune.trial.replica import Replica
 
+pytestmark = pytest.mark.slow  # two gloo processes per run
+
 TRIAL = {"epochs": 2, "batch_size": 32, "batch_growth_ratio": 2.0, "batch_stages": 2, "optimizer": "gsam",
          "lr": 0.05, "train_eval_examples": 128, "sharpness": ["norm_param_l2", "ascent"],
          "sharpness_examples": 64, "device": "cpu", "num_threads": 1}

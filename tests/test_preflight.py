@@ -3,10 +3,10 @@ status of a search whose trials all failed.
 
 REFUSED is the one table of inputs refused before launch: each runs through the
 CLI's entry function and must exit 2 with the fragment in stderr, no exception, and
-no MLflow experiment created.  Those refused only once Ray runs (STARTS_RAY) run the
-CLI in a subprocess, which also holds the "exit 2, no traceback" contract of the
-command as a user runs it.  The connection limits are shortened in-process to
-TIMEOUT_S."""
+no MLflow experiment created; those refused only once Ray runs (RAY_REFUSALS) find
+the test run's local Ray.  The connection limits are shortened in-process to
+TIMEOUT_S.  IN_SUBPROCESS run the CLI as a user runs it, which also holds the
+"exit 2, no traceback" contract of the command, its own Ray started and stopped."""
 
 import os
 import socket
@@ -32,8 +32,9 @@ TINY_TRIAL = {"epochs": 2, "batch_growth_ratio": 1.0, "batch_stages": 1,  # batc
 NAME = "preflight-refused"
 CLI_TIMEOUT_S = 150  # a refused search ends; the catalogue's inputs hung until killed at 180 s
 TIMEOUT_S = 2  # the tracking-server and Ray-address limits in-process (10 s by default)
-STARTS_RAY = {"gpu-on-cpu-machine", "more-cpus-than-a-node", "cuda-on-cpu-machine",
-              "more-workers-than-the-cluster-places"}
+RAY_REFUSALS = {"gpu-on-cpu-machine", "more-cpus-than-a-node", "cuda-on-cpu-machine",
+                "more-workers-than-the-cluster-places"}
+IN_SUBPROCESS = {"more-cpus-than-a-node", "tracking-scheme-ftp", "imagefolder-missing"}
 HAS_GPU = Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
 no_gpu = pytest.mark.skipif(HAS_GPU, reason="needs a machine without GPUs")
 
@@ -167,8 +168,10 @@ def _refused_in_process(args: list[str], monkeypatch, capsys) -> tuple[int, str,
 
 
 @pytest.mark.parametrize(("case", "changes", "args", "fragments"),
-                         [pytest.param(i, c, a, f, id=i, marks=m) for i, c, a, f, m in REFUSED])
-def test_refused_before_launch(tmp_path, silent_port, monkeypatch, capsys, case, changes, args, fragments):
+                         [pytest.param(i, c, a, f, id=i, marks=[*m, *[pytest.mark.slow] * (i in IN_SUBPROCESS)])
+                          for i, c, a, f, m in REFUSED])
+def test_refused_before_launch(tmp_path, silent_port, monkeypatch, capsys, request, case, changes, args,
+                               fragments):
     image_folder(tmp_path / "small", {"a": 3, "b": 3}, {"a": 1})
     image_folder(tmp_path / "stray", {"a": 3, "b": 3}, {"a": 1, "z": 1})
     image_folder(tmp_path / "hollow", {"a": 3, "b": 0}, {"a": 1})
@@ -181,9 +184,11 @@ def test_refused_before_launch(tmp_path, silent_port, monkeypatch, capsys, case,
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", f"sqlite:///{db}"]
     monkeypatch.chdir(tmp_path)
-    if case in STARTS_RAY:
+    if case in IN_SUBPROCESS:
         code, out, err = _refused_in_subprocess(args, tmp_path)
     else:
+        if case in RAY_REFUSALS:
+            request.getfixturevalue("local_ray")  # the run_search of a test attaches to it
         code, out, err = _refused_in_process(args, monkeypatch, capsys)
     assert code == 2, out + err
     assert "Traceback" not in out + err
@@ -386,6 +391,7 @@ def test_resources_and_device_against_nodes():
         preflight.check_device(spec, {"cpu": 1, "gpu": 0}, [gpu_node])
 
 
+@pytest.mark.slow  # ray.init in a subprocess
 def test_ray_init_is_bounded(silent_port):
     """ray.init against a port that never speaks Ray gives up after its limit (in a
     subprocess: the abandoned ray.init thread must not stay in the test process)."""

@@ -108,16 +108,27 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _alive(pid: int) -> bool:
+    """Running: a process that exited but was never reaped (a zombie) is not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _stop(pids: list[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM, then SIGKILL for what is still running after a grace period (some of
+    Ray's processes outlive a SIGTERM by more than 20 s)."""
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 20)):
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)  # polling /proc for the processes to end
 
 
 @pytest.fixture

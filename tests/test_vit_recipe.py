@@ -71,6 +71,7 @@ VIT_RECIPE = RECIPE | {
 }
 
 
+@pytest.mark.slow  # a ViT through the CLI and its store
 def test_cli_trains_vit_tiny_with_the_whole_recipe(tmp_path, monkeypatch, mlflow_uri):
     from mlflow.tracking import MlflowClient
 

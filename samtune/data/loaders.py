@@ -318,8 +318,8 @@ class DeviceLoader(EpochLoader):
 def fixed_batches(x: Tensor, y: Tensor, *, n_examples: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     """The first `n_examples` examples in data-set order, unaugmented, in batches of `batch_size`.
 
-    The sharpness evaluation set of tml-epfl/sharpness-vs-generalization (seed_facts C1:
-    first 1024 training examples, batches of 128). A final partial batch is kept.
+    The sharpness evaluation set of tml-epfl/sharpness-vs-generalization (the first
+    1024 training examples, batches of 128). A final partial batch is kept.
     """
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or not 1 <= n_examples <= len(x):
         raise ValueError(f"n_examples must be an int in [1, {len(x)}], got {n_examples!r}")

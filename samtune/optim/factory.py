@@ -1,7 +1,7 @@
 """Optimizer registry and the one constructor used by training code (timm's optim factory, slimmed).
 
 Names are the trial parameter ``optimizer`` (sgd|sam|gsam|asam|usam) and
-``base_optimizer`` (sgd|adamw) of DESIGN.md.
+``base_optimizer`` (sgd|adamw) trial parameters.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from samtune.tracking.uri import resolve_tracking_uri, runs_url, ui_command
 
 
 def configure_ray_environment(local: bool) -> None:
-    """Quiet, offline, and for a local run bound to 127.0.0.1 (stack.md, Ray)."""
+    """Quiet, offline, and for a local run bound to 127.0.0.1: Ray 2.60 binds a local node to
+    the machine's external address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -1,4 +1,4 @@
-"""Search spec: one YAML file describes one search (DESIGN.md, "Search-space YAML").
+"""Search spec: one YAML file describes one search.
 
 The spec is a tree of frozen pydantic models, so the models are the one place
 that says what a spec may contain.  :func:`parse_search_spec` validates a spec

@@ -90,7 +90,7 @@ class Tracker:
     def ensure_experiment(self, name: str) -> str:
         """Create the experiment (and, for a new SQLite file, the schema) once, in the
         calling process, before any trial writes: parallel first use of a fresh
-        SQLite store breaks its migrations (stack.md, MLflow pitfalls)."""
+        SQLite store breaks its schema migrations."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
