@@ -31,19 +31,20 @@ def folder(tmp_path_factory):
     return root
 
 
-def device_loader(folder, seed):
-    return load_imagefolder(folder).train_loader(batch_size=4, seed=seed, autoaugment=True, erasing=0.5)
+def device_loader(folder, seed, rank=0, world=1):
+    return load_imagefolder(folder).train_loader(batch_size=4, seed=seed, autoaugment=True, erasing=0.5,
+                                                 rank=rank, world=world)
 
 
-def worker_loader(folder, seed):
+def worker_loader(folder, seed, rank=0, world=1):
     data = load_imagefolder(folder)
     transform = image_transform(size=8, pad=1, mean=data.mean, std=data.std, autoaugment=True)
     return WorkerLoader(to_uint8(data.train_x, data.mean, data.std), data.train_y, transform=transform,
-                        batch_size=4, seed=seed, passes=2)
+                        batch_size=4, seed=seed, passes=2, rank=rank, world=world)
 
 
-def streaming_loader(folder, seed):
-    return StreamingData(folder, size=8).train_loader(batch_size=4, seed=seed)
+def streaming_loader(folder, seed, rank=0, world=1):
+    return StreamingData(folder, size=8).train_loader(batch_size=4, seed=seed, rank=rank, world=world)
 
 
 LOADERS = [device_loader, worker_loader, streaming_loader]
@@ -93,3 +94,18 @@ def test_len_is_the_coming_epochs_batches(folder, make):
     with pytest.raises(ValueError, match="missing keys"):
         loader.load_state_dict({"epoch": 1})
 
+
+@pytest.mark.parametrize("make", LOADERS, ids=lambda make: make.__name__)
+def test_ranks_shares_make_up_the_global_batches(folder, make):
+    """Rank r of a data-parallel trial gets the r-th share of every global batch of the
+    single-process order, whatever the batch size; a batch that does not split is refused."""
+    single = make(folder, seed=7)
+    ranks = [make(folder, seed=7, rank=rank, world=2) for rank in range(2)]
+    for size in (4, 6):
+        glob, *shares = (epoch(loader, size) for loader in (single, *ranks))
+        assert len(glob) == len(shares[0]) == len(shares[1])
+        for (x, y), (x0, y0), (x1, y1) in zip(glob, *shares):
+            assert len(y0) == len(y1) == size // 2
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    with pytest.raises(ValueError, match="not divisible by world size 2"):
+        ranks[0].batch_size = 5

@@ -1,7 +1,8 @@
 """This process's place in a data-parallel trial, and the few collectives a trial needs.
 
 A trial runs on ``world`` workers (Ray Train starts them and the process group); the
-worker of rank r trains on share r of every global batch.  On one worker (the default,
+worker of rank r trains on share r of every global batch, which its loader yields.  On
+one worker (the default,
 :data:`SINGLE`) every method is the identity and nothing touches ``torch.distributed``,
 so single-process trials run exactly as before.
 """
@@ -40,13 +41,6 @@ class Replica:
     @property
     def distributed(self) -> bool:
         return self.world > 1
-
-    def share(self, global_batch: int) -> slice:
-        """Positions of this worker's share of a global batch (refused if uneven)."""
-        if global_batch % self.world:
-            raise ValueError(f"global batch {global_batch} does not split evenly across {self.world} workers")
-        size = global_batch // self.world
-        return slice(self.rank * size, (self.rank + 1) * size)
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over workers of a few numbers (one collective)."""
