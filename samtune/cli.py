@@ -147,7 +147,6 @@ def cmd_sharpness(args) -> int:
 
 # -- interpolate ----------------------------------------------------------------
 def cmd_interpolate(args) -> int:
-    from samtune import schema
     from samtune.commands import interpolate
 
     sources = (args.run_a, args.run_b)
