@@ -1,4 +1,4 @@
-"""``samtune train | search | replay | sharpness | interpolate | report | ui``.
+"""``samtune train | search | spaces | replay | sharpness | interpolate | report | ui``.
 
 Heavy libraries are imported inside each command so ``samtune --help`` is quick.
 A configuration mistake exits with status 2 and one message naming the key,
@@ -26,8 +26,15 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
                         "(default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from samtune import __version__
+
     parser = argparse.ArgumentParser(prog="samtune", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run one trial and record it in MLflow")
@@ -49,15 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="Ray storage path (shared folder or URI)")
     _add_tracking(p)
 
+    sub.add_parser("spaces", help="list the bundled search spaces, one line each")
+
     p = sub.add_parser("replay", help="train one trial again on the schedule a PBT search found for it")
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a trial (its lineage.json gives the schedule)")
-    p.add_argument("--device", default="auto")
+    _add_device(p)
     _add_tracking(p)
 
     p = sub.add_parser("sharpness", help="measure sharpness of a saved trial")
     p.add_argument("source", help="MLflow run id or checkpoint path")
     p.add_argument("--measures", default=None, help="comma-separated measure names (default: all defaults)")
-    p.add_argument("--device", default="auto")
+    _add_device(p)
     _add_tracking(p)
 
     p = sub.add_parser("interpolate", help="loss and error along the line between two saved trials' models")
@@ -69,11 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=None,
                    help="training examples to evaluate (default: train_eval_examples of RUN_A)")
     p.add_argument("--out", default=None, help="output folder (default: interpolations/<RUN_A>-<RUN_B>)")
-    p.add_argument("--device", default="auto")
+    _add_device(p)
     _add_tracking(p)
 
     p = sub.add_parser("report", help="sharpness-generalization report over a search's trials")
-    p.add_argument("--experiment", default=schema.DEFAULT_EXPERIMENT_SEARCH)
+    p.add_argument("--experiment", default=schema.DEFAULT_EXPERIMENT_SEARCH,
+                   help=f"MLflow experiment of the search (default: {schema.DEFAULT_EXPERIMENT_SEARCH}, the default "
+                        f"search's)")
     p.add_argument("--search", default=None, help="parent run id of one search (default: all trials)")
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
     p.add_argument("--max-train-error", type=float, default=argparse.SUPPRESS,
@@ -81,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "fit their training set and are left out of every fit (default 0.5)")
     _add_tracking(p)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over a store")
-    p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser("ui", help="start the MLflow UI over a store")
+    p.add_argument("--host", default=schema.UI_HOST, help=f"address the UI listens on (default {schema.UI_HOST}: "
+                   f"this machine only)")
+    p.add_argument("--port", type=int, default=schema.UI_PORT,
+                   help=f"port the UI listens on (default {schema.UI_PORT})")
     _add_tracking(p)
     return parser
 
@@ -90,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # an offline tool: no usage reports
     args = build_parser().parse_args(argv)
-    handler = {"train": cmd_train, "search": cmd_search, "replay": cmd_replay, "sharpness": cmd_sharpness,
-               "interpolate": cmd_interpolate, "report": cmd_report, "ui": cmd_ui}[args.command]
+    handler = {"train": cmd_train, "search": cmd_search, "spaces": cmd_spaces, "replay": cmd_replay,
+               "sharpness": cmd_sharpness, "interpolate": cmd_interpolate, "report": cmd_report,
+               "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
     except ConfigError as err:
@@ -131,6 +146,17 @@ def cmd_search(args) -> int:
 
     return search.run_search(spec, tracking_uri=args.tracking_uri, address=args.address,
                              storage=args.storage, resume=args.resume)
+
+
+# -- spaces ---------------------------------------------------------------------
+def cmd_spaces(args) -> int:
+    from samtune.spec import bundled_space_summaries
+
+    summaries = bundled_space_summaries()
+    width = max(map(len, summaries), default=0)
+    for name, summary in summaries.items():
+        print(f"{name:<{width}}  {summary}")
+    return 0
 
 
 # -- sharpness ------------------------------------------------------------------
@@ -181,16 +207,16 @@ def cmd_report(args) -> int:
 
 # -- ui -------------------------------------------------------------------------
 def cmd_ui(args) -> int:
-    from samtune.tracking.uri import resolve_tracking_uri
+    from samtune.tracking.uri import resolve_tracking_uri, ui_address
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("http"):
         print(f"{uri} is a tracking server already: open it in a browser")
         return 0
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    print(f"MLflow UI on http://127.0.0.1:{args.port}  (store {uri}); Ctrl-C stops it")
+    print(f"MLflow UI on {ui_address(uri, args.host, args.port)}  (store {uri}); Ctrl-C stops it")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
     server = subprocess.Popen(command, env=env)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the server with us
     try:

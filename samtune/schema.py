@@ -185,5 +185,6 @@ TAG_INTERPOLATED_RUNS = "samtune.interpolated_runs"  # "<run θ₁>,<run θ₂>"
 
 DEFAULT_EXPERIMENT_TRAIN = "samtune-train"
 DEFAULT_SPACE = "default"
+UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `samtune ui` serves a local store unless told otherwise
 # the experiment of the default search: the `name` of the bundled space DEFAULT_SPACE
 DEFAULT_EXPERIMENT_SEARCH = "samtune-default"

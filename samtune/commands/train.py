@@ -78,4 +78,4 @@ def print_summary(result: TrialResult, seconds: float, uri: str, experiment_id: 
         print(f"  {key:<{width}}  {value}")
     print(f"\nMLflow run {run_id} in {uri}")
     print(f"  open the UI:  {ui_command(uri)}")
-    print(f"  then browse:  {runs_url('http://127.0.0.1:5000', experiment_id)}")
+    print(f"  then browse:  {runs_url(uri, experiment_id)}")

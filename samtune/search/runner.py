@@ -423,6 +423,6 @@ def _print_summary(spec: SearchSpec, best, metric: str, opened: SearchRun, finis
           f"parent run {opened.parent_run_id}")
     print(f"Ray results and checkpoints: {opened.ray_path}")
     print(f"open the UI:  {ui_command(uri)}")
-    print(f"then browse:  {runs_url('http://127.0.0.1:5000', opened.experiment_id)}")
+    print(f"then browse:  {runs_url(uri, opened.experiment_id)}")
     print(f"report:       samtune report --experiment {spec.name} --search {opened.parent_run_id}"
           + (f" --tracking-uri {uri}" if uri.startswith("http") else ""))

@@ -35,7 +35,14 @@ from samtune.spec.grid import (
     grid_choices,
     grid_size,
 )
-from samtune.spec.loading import SPEC_KEYS, bundled_space_names, bundled_spaces, load_search_spec, parse_search_spec
+from samtune.spec.loading import (
+    SPEC_KEYS,
+    bundled_space_names,
+    bundled_space_summaries,
+    bundled_spaces,
+    load_search_spec,
+    parse_search_spec,
+)
 from samtune.spec.objective import Objective, reported_metrics
 from samtune.spec.resources import BATCH_KEYS, Resources, check_batches_split, stage_batches
 from samtune.spec.schedulers import PROGRESS_UNITS, Asha, Pb2, Pbt, asha_max_t
@@ -45,7 +52,8 @@ __all__ = [
     "BATCH_KEYS", "DISTRIBUTIONS", "PROGRESS_UNITS", "SPEC_KEYS",
     "Asha", "BundleAxis", "Choice", "DefineByRun", "Distribution", "EqualBudget", "IntUniform", "LogUniform",
     "Objective", "Pb2", "Pbt", "Resources", "SearchSpec", "Uniform", "ValueAxis",
-    "asha_max_t", "bundle_table", "bundled_space_names", "bundled_spaces", "check_batches_split", "define_by_run",
+    "asha_max_t", "bundle_table", "bundled_space_names", "bundled_space_summaries",
+    "bundled_spaces", "check_batches_split", "define_by_run",
     "describe", "expand_bundles", "grid_cells", "grid_choices", "grid_size", "load_search_spec",
     "parse_search_spec", "reported_metrics", "sample_configs", "stage_batches", "upper_bound",
 ]

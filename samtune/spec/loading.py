@@ -25,6 +25,7 @@ from samtune.spec.values import _explain
 
 SPACES_PACKAGE = "samtune.search_spaces"  # package data: the top-level search_spaces/ folder
 SPEC_KEYS = SearchSpec.yaml_keys()
+SUMMARY_CHARS = 110
 
 
 def bundled_spaces() -> dict[str, Traversable]:
@@ -36,6 +37,24 @@ def bundled_spaces() -> dict[str, Traversable]:
     if not folder.is_dir():
         return {}
     return {Path(entry.name).stem: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def space_summary(text: str) -> str:
+    """The first line of a space file's opening comment, cut to ``SUMMARY_CHARS``; "..."
+    says the comment goes on."""
+    lines = [line.lstrip("#").strip() for line in text.splitlines()[:2] if line.startswith("#")]
+    if not lines:
+        return ""
+    first = lines[0].rstrip(":,;")
+    if len(first) > SUMMARY_CHARS:
+        return first[:SUMMARY_CHARS - 3].rsplit(" ", 1)[0] + "..."
+    return first if first.endswith(".") or len(lines) == 1 else first + " ..."
+
+
+def bundled_space_summaries() -> dict[str, str]:
+    """Each bundled space's name and what it searches, from its file's opening comment
+    (the files are read, not validated: listing them stays instant)."""
+    return {name: space_summary(entry.read_text()) for name, entry in sorted(bundled_spaces().items())}
 
 
 def bundled_space_names() -> tuple[str, ...]:

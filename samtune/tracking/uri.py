@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from samtune.schema import UI_HOST, UI_PORT
+
 DEFAULT_DB = "mlflow.db"
 
 
@@ -25,7 +27,15 @@ def ui_command(uri: str) -> str:
     return f"samtune ui --tracking-uri {uri}"
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    """The page that lists an experiment's runs (MLflow 3.x opens experiments on a
-    GenAI overview page otherwise)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+def ui_address(uri: str, host: str = UI_HOST, port: int = UI_PORT) -> str:
+    """Where a browser finds the UI of the store ``uri``: a tracking server is its own
+    UI; a local store's is what ``samtune ui --host HOST --port PORT`` serves."""
+    if uri.startswith("http"):
+        return uri.rstrip("/")
+    return f"http://{host}:{port}"
+
+
+def runs_url(uri: str, experiment_id: str) -> str:
+    """The page that lists an experiment's runs in the UI of the store ``uri`` (MLflow 3.x
+    opens experiments on a GenAI overview page otherwise)."""
+    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs"
