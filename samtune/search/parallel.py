@@ -27,6 +27,7 @@ from samtune.search.trainable import (
     CHECKPOINT_FILE,
     RUN_ID_KEY,
     RaySink,
+    log_datasets_once,
     open_trial_run,
     prepare_trial,
     result_metrics,
@@ -59,16 +60,15 @@ def samtune_parallel_trial(hparams: dict[str, Any], context: TrialContext,
     trial_id = tune.get_context().get_trial_id()
     from samtune.trial.loop import open_data
 
-    def records():  # the workers open the data on their devices; its records are the same
-        return open_data(config.model_copy(update={"device": "cpu"})).records()
-
     # a retried trial finds the run its earlier attempt opened (by trial id)
-    run_id = open_trial_run(context, tracker, config, labels, None, records, resumed=False).run_id
+    run = open_trial_run(context, tracker, config, labels, None)
+    # the workers open the data on their devices; its records are the same on the CPU
+    log_datasets_once(run, lambda: open_data(config.model_copy(update={"device": "cpu"})).records(), resumed=False)
     gpu = float(context.worker_resources.get("gpu", 0))
     per_worker = {"CPU": float(context.worker_resources.get("cpu", 1))} | ({"GPU": gpu} if gpu else {})
     trainer = TorchTrainer(
         worker_loop or train_worker,
-        train_loop_config={"values": config.model_dump(mode="json"), "context": context, "run_id": run_id,
+        train_loop_config={"values": config.model_dump(mode="json"), "context": context, "run_id": run.run_id,
                            "credentials": credentials},
         scaling_config=ray.train.ScalingConfig(
             num_workers=context.workers, use_gpu=gpu > 0,

@@ -86,11 +86,12 @@ def samtune_trial(hparams: dict[str, Any], context: TrialContext,
     if prepared is None:
         return
     tracker, config, labels = prepared
-    data = open_data(config)
     resume = _load_checkpoint()
     saved_run = resume.pop(RUN_ID_KEY) if resume else None
     inherited = resume.pop(LINEAGE_KEY, None) if resume else None
-    run = open_trial_run(context, tracker, config, labels, saved_run, data.records, resumed=resume is not None)
+    run = open_trial_run(context, tracker, config, labels, saved_run)
+    data = open_data(config)  # after the run opens: a trial whose data cannot be read is recorded as failed
+    log_datasets_once(run, data.records, resumed=resume is not None)
     lineage = trial_lineage(run, config, resume, inherited) if context.population else None
     train(config, RaySink(context, run, config.epochs, lineage=lineage), resume=resume, data=data)
 
@@ -130,27 +131,7 @@ def prepare_trial(hparams: dict[str, Any], context: TrialContext, credentials: T
 
 
 def open_trial_run(context: TrialContext, tracker: Tracker, config: TrialConfig, labels: dict[str, str],
-                   run_id: str | None, records: Callable[[], Iterable[DatasetRecord]], resumed: bool) -> TrialRun:
-    """The trial's MLflow run (see :func:`_open_run`), with its data set's ``records()``
-    logged unless a checkpoint says it already has them."""
-    run = _open_run(context, tracker, config, labels, run_id)
-    # a new run, or one an earlier attempt opened (and died in) before its first
-    # checkpoint; a run resumed from a checkpoint has its data set already
-    if not resumed and not run.has_datasets():
-        run.log_datasets(records())
-    return run
-
-
-def _load_checkpoint() -> dict[str, Any] | None:
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-
-
-def _open_run(context: TrialContext, tracker: Tracker, config: TrialConfig, labels: dict[str, str],
-              run_id: str | None) -> TrialRun:
+                   run_id: str | None) -> TrialRun:
     """The trial's MLflow run: the one an earlier attempt of this trial opened, else the
     one its checkpoint names, else a new one.  (Under PBT the checkpoint may be another
     trial's: its own run comes first.)"""
@@ -160,6 +141,21 @@ def _open_run(context: TrialContext, tracker: Tracker, config: TrialConfig, labe
         return TrialRun.reopen(tracker, run_id, config)
     return TrialRun.start(tracker, context.experiment_id, config, run_name=trial.get_trial_name(),
                           trial_id=trial.get_trial_id(), parent_run_id=context.parent_run_id, labels=labels)
+
+
+def log_datasets_once(run: TrialRun, records: Callable[[], Iterable[DatasetRecord]], resumed: bool) -> None:
+    """The data set's ``records()`` on a new run, or on one an earlier attempt opened (and
+    died in) before its first checkpoint; a run resumed from a checkpoint has them."""
+    if not resumed and not run.has_datasets():
+        run.log_datasets(records())
+
+
+def _load_checkpoint() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 def _record_invalid_trial(context: TrialContext, tracker: Tracker, values: dict[str, Any],
