@@ -42,7 +42,7 @@ def mlflow_uri(tmp_path, store_in):
 def _start_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
     assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
     return ray
 

@@ -57,7 +57,7 @@ def local_ray(credentials):
     import ray
 
     ray.shutdown()  # a Ray an earlier test left has not the credentials in its environment
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
     try:
         assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
         yield ray
