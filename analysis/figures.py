@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from analysis import schema
 from analysis.fits import fit_band
+from analysis.ticks import legible_x
 
 
 def group_colors(labels: pd.Series) -> dict[str, tuple]:
@@ -65,8 +66,7 @@ def _scatter_with_fit(ax, trials, measure, target, labels, colors, confidence_le
         if mask.any():
             ax.scatter(x[mask], y[mask], s=22, color=color, alpha=0.85, edgecolors="none")
     log = bool(len(x) and (x > 0).all())
-    if log:
-        _log_axis(ax, x)
+    legible_x(ax, x, log=log)
     ax.set_xlabel(measure if log else f"{measure} (linear: values ≤ 0)")
     ax.set_ylabel(target)
     if len(x) >= schema.MIN_TRIALS and np.ptp(x) > 0:
@@ -74,17 +74,6 @@ def _scatter_with_fit(ax, trials, measure, target, labels, colors, confidence_le
         band = fit_band(x, y, grid, log=log, confidence_level=confidence_level)
         ax.plot(band["x"], band["mean"], color="black", lw=1.2)
         ax.fill_between(band["x"], band["low"], band["high"], color="black", alpha=0.12, lw=0)
-
-
-def _log_axis(ax, x: np.ndarray) -> None:
-    """Log x axis labelled with plain numbers at 1, 2, 5 × 10^k (only 10^k over ≥ 2 decades)."""
-    from matplotlib import ticker
-
-    ax.set_xscale("log")
-    subs = (1.0,) if x.max() / x.min() >= 100 else (1.0, 2.0, 5.0)
-    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _annotate(ax, fits: pd.DataFrame, measure: str, target: str) -> None:

@@ -1,5 +1,9 @@
-"""Render a report document as self-contained HTML (figures inlined as base64 PNG,
-inline CSS, no scripts) and as Markdown (figures linked by relative path)."""
+"""Render a report document as HTML and as Markdown.
+
+The HTML inlines its CSS and every figure's PNG (base64); a figure that also has a
+plotly version is drawn interactively by plotly.js, read from ``plotly.min.js`` beside
+report.html (:mod:`analysis.embed`), its PNG standing in until then.  The Markdown
+links the PNGs by relative path."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from analysis import embed
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1150px;
@@ -31,6 +37,8 @@ figcaption { font-size: 0.9em; color: #555; }
 class FigureRef:
     caption: str
     path: str  # relative to the report directory
+    plot: str | None = None         # plotly JSON: report.html draws it in place of the PNG
+    plot_caption: str | None = None  # its caption, when it shows more than the PNG
 
 
 @dataclass(frozen=True)
@@ -96,13 +104,30 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _figure_html(figure: FigureRef, root: Path, div_id: str) -> str:
+    src = _png_data_uri(root / figure.path)
+    if figure.plot:
+        return embed.figure_html(figure.plot, div_id, figure.plot_caption or figure.caption, src, figure.path)
+    caption = html.escape(figure.caption)
+    return f'<figure><img alt="{caption}" src="{src}"><figcaption>{caption}</figcaption></figure>'
+
+
+def has_plots(document: Document) -> bool:
+    return any(figure.plot for section in document.sections for figure in section.figures)
+
+
 def render_html(document: Document, root: Path) -> str:
-    """The whole report as one HTML string; figure files are read from ``root``."""
+    """The whole report as one HTML string; figure files are read from ``root``.  With
+    interactive figures it loads ``plotly.min.js`` from beside itself (write it with
+    :func:`analysis.embed.write_plotly_js`)."""
+    plots = has_plots(document)
+    css = _CSS + (embed.CSS if plots else "")
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(document.title)}</title><style>{_CSS}</style></head><body>",
+             f"<title>{html.escape(document.title)}</title><style>{css}</style></head><body>",
              f"<h1>{html.escape(document.title)}</h1>", '<section class="summary"><h2>Summary</h2>']
     parts += [f"<p>{html.escape(p)}</p>" for p in document.summary]
     parts.append("</section>")
+    figures = 0
     for section in document.sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
@@ -112,10 +137,11 @@ def render_html(document: Document, root: Path) -> str:
             items = "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
             parts.append(f'<ul class="notes">{items}</ul>')
         for figure in section.figures:
-            caption = html.escape(figure.caption)
-            parts.append(f'<figure><img alt="{caption}" src="{_png_data_uri(root / figure.path)}">'
-                         f"<figcaption>{caption}</figcaption></figure>")
+            figures += 1
+            parts.append(_figure_html(figure, root, f"figure-{figures}"))
         parts.append("</section>")
+    if plots:
+        parts.append(embed.loader_html())
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -1,5 +1,6 @@
-"""``build_report``: MLflow trials → fits → HTML + Markdown + CSV + PNG, logged back
-to MLflow as a run tagged ``samtune.kind=report``."""
+"""``build_report``: MLflow trials → fits → HTML (interactive figures, plotly.min.js
+beside it) + Markdown + CSV + PNG, logged back to MLflow as a run tagged
+``samtune.kind=report``."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import definitions, figures, probes, schema
+from analysis import definitions, embed, figures, interactive, probes, schema
 from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, TrainingFit, exclusion_phrases
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
 from analysis.granulated import agreement_table
 from analysis.load import TrialTable, grouping_keys, load_histories, load_trials, mlflow_client, searched_axes
-from analysis.render import Document, FigureRef, Section, render_html, render_markdown
+from analysis.render import Document, FigureRef, Section, has_plots, render_html, render_markdown
 from analysis.search_view import SearchView, build_search_view
 from analysis.summary import SummaryInputs, summarize
 from analysis.tables import Grouping, choose_grouping, group_table, with_schedule
@@ -73,7 +74,7 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    history = load_histories(table.tracking_uri, usable[schema.RUN_ID].tolist())
+    history = load_histories(table.tracking_uri, usable[schema.RUN_ID].tolist(), schema.HISTORY_METRICS)
     figure_refs = _write_figures(out, usable, history, results, measures, targets, options)
     search = _search_view(out, table, usable, history, axes, measures, options)
     figure_refs["search"] = list(search.figures)
@@ -89,12 +90,11 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     document = Document(f"Sharpness and generalization: {experiment}", tuple(paragraphs),
                         _sections(table, axes, results, groups, grouping, targets, measures, figure_refs,
                                   options, compute, search))
-    html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text(render_html(document, out), encoding="utf-8")
-    md_path.write_text(render_markdown(document), encoding="utf-8")
+    documents = write_documents(out, document)
+    html_path, md_path = documents[:2]
 
     figure_paths = tuple(out / ref.path for refs in figure_refs.values() for ref in refs)
-    files = (html_path, md_path, *csvs.values(), *figure_paths)
+    files = (*documents, *csvs.values(), *figure_paths)
     run_id = _log_report_run(table, files, out, options, len(usable)) if log_to_mlflow else None
     return ReportResult(out, html_path, md_path, csvs["trials"], csvs["fits"], figure_paths, files,
                         "\n\n".join(paragraphs), len(usable), len(table.excluded),
@@ -123,6 +123,15 @@ def _check_usable(table: TrialTable) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- files
 
+def write_documents(out: Path, document: Document) -> tuple[Path, ...]:
+    """report.html and report.md into ``out``, whose figures/ already holds the PNGs, and
+    plotly.min.js beside them when report.html has interactive figures."""
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text(render_html(document, out), encoding="utf-8")
+    md_path.write_text(render_markdown(document), encoding="utf-8")
+    return (html_path, md_path, *((embed.write_plotly_js(out),) if has_plots(document) else ()))
+
+
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
@@ -141,16 +150,25 @@ def _write_figures(out: Path, usable: pd.DataFrame, history: pd.DataFrame, resul
         _save(figures.measure_ranking(results.fits, target=target), out / path)
         refs["ranking"].append(FigureRef(f"Measures ranked by |Kendall τ| with {target}, and Ψ", path))
         path = f"figures/{_slug(target)}_vs_measures.png"
-        _save(figures.target_vs_measures(usable, measures=measures, target=target, labels=labels,
-                                         fits=results.fits, confidence_level=options.confidence_level),
-              out / path)
-        refs["scatter"].append(FigureRef(f"{target} against each measure, colored by group", path))
+        scatter = {"measures": measures, "target": target, "labels": labels, "fits": results.fits,
+                   "confidence_level": options.confidence_level}
+        _save(figures.target_vs_measures(usable, **scatter), out / path)
+        refs["scatter"].append(FigureRef(f"{target} against each measure, colored by group", path,
+                                         plot=interactive.measure_scatter(usable, **scatter)))
     if not history.empty:
-        path = "figures/training_curves.png"
-        by_run = pd.Series(labels.to_numpy(), index=usable[schema.RUN_ID])
-        _save(figures.training_curves(history, labels=by_run), out / path)
-        refs["curves"].append(FigureRef("Per-epoch test error, batch size and learning rate by group", path))
+        refs["curves"].append(_training_curves(out, usable, history))
     return refs
+
+
+def _training_curves(out: Path, usable: pd.DataFrame, history: pd.DataFrame) -> FigureRef:
+    path = "figures/training_curves.png"
+    labels = usable[schema.GROUP]
+    by_run = pd.Series(labels.to_numpy(), index=usable[schema.RUN_ID])
+    _save(figures.training_curves(history, labels=by_run), out / path)
+    return FigureRef("Per-epoch test error, batch size and learning rate by group", path,
+                     plot=interactive.training_curves(history, trials=usable, labels=labels),
+                     plot_caption="Per-epoch test and train error, batch size and learning rate of every trial, "
+                                  "colored by group")
 
 
 def _search_view(out: Path, table: TrialTable, usable: pd.DataFrame, history: pd.DataFrame,

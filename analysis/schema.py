@@ -105,7 +105,10 @@ assert set(COMPUTE) <= set(_samtune.FINAL_METRICS) and set(COMPUTE_SHOWN) <= set
 
 # per-epoch metrics drawn as training curves
 CURVE_METRICS = ("test_error", "batch_size", "lr")
-assert set(CURVE_METRICS) <= set(_samtune.EPOCH_METRICS)
+# the interactive curves draw every trial's errors beside them
+TRIAL_CURVE_METRICS = ("test_error", "train_error", "batch_size", "lr")
+HISTORY_METRICS = tuple(dict.fromkeys((*CURVE_METRICS, *TRIAL_CURVE_METRICS)))
+assert set(HISTORY_METRICS) <= set(_samtune.EPOCH_METRICS)
 
 
 def is_measure_param(param: str) -> bool:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from analysis import schema
 from analysis.figures import group_colors
+from analysis.ticks import compact
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 LOG_RATIO = 100.0
 
 
-def _wide_positive(values: np.ndarray, ratio: float = LOG_RATIO) -> bool:
+def wide_positive(values: np.ndarray, ratio: float = LOG_RATIO) -> bool:
     finite = values[np.isfinite(values)]
     return bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > ratio)
 
@@ -41,7 +42,7 @@ def _scaled(values: pd.Series, dist: BaseDistribution | None) -> tuple[np.ndarra
         ticks = [(i / span, str(c)) for i, c in enumerate(choices)]
         return mapped.to_numpy(float), ticks
     x = pd.to_numeric(values, errors="coerce").to_numpy(float)
-    log = getattr(dist, "log", False) if dist is not None else _wide_positive(x)
+    log = getattr(dist, "log", False) if dist is not None else wide_positive(x)
     shown = np.log(x) if log else x
     low, high = np.nanmin(shown), np.nanmax(shown)
     span = high - low if high > low else 1.0
@@ -94,7 +95,7 @@ def pareto_front(frame: pd.DataFrame, metrics: Sequence[str], modes: Sequence[st
     ax.scatter(rest[x_name], rest[y_name], color="0.6", s=22, label="dominated")
     ax.plot(front[x_name], front[y_name], "-o", color="tab:red", ms=5, lw=1.2, label="non-dominated")
     for axis, name in (("x", x_name), ("y", y_name)):
-        if _wide_positive(frame[name].to_numpy(float)):
+        if wide_positive(frame[name].to_numpy(float)):
             getattr(ax, f"set_{axis}scale")("log")
     ax.set_xlabel(f"{x_name} ({modes[0]})")
     ax.set_ylabel(f"{y_name} ({modes[1]})")
@@ -133,12 +134,12 @@ def _probe_axes(ax, wide: pd.DataFrame, x_name: str, y_name: str) -> None:
     if np.nanmin(y) > 0:
         ax.set_yscale("log")
     x = pd.to_numeric(wide[x_name], errors="coerce").to_numpy(float)
-    if x_name != "step" and _wide_positive(x, 3.9):
+    if x_name != "step" and wide_positive(x, 3.9):
         from matplotlib import ticker
 
         ax.set_xscale("log", base=2 if x_name == "batch_size" else 10)
-        # plain numbers: 10^k mantissas on neighbouring minor ticks overlap
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        # plain short numbers: 10^k mantissas on neighbouring minor ticks overlap
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: compact(value)))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("epoch" if x_name == "step" else x_name)
     ax.set_ylabel(y_name)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis import schema, search_figures
+from analysis import interactive, schema, search_figures
 from analysis.load import mlflow_client
 from analysis.render import FigureRef, Section
 from analysis.search_spec import CHOICE, DEFAULT_OBJECTIVE, GRID, LOG, UNKNOWN, Objective, UnreadableSpec, read_spec
@@ -271,8 +271,9 @@ def objective_columns(usable: pd.DataFrame, objective: Objective) -> tuple[list[
 
 
 def pareto_frame(usable: pd.DataFrame, objective: Objective, keys: Sequence[str]) -> pd.DataFrame:
-    """Every comparable trial with both objective values, flagged ``pareto``."""
-    columns = [schema.TRIAL_ID, *[k for k in keys if k in usable], *objective.metrics]
+    """Every comparable trial with both objective values, flagged ``pareto``; its run name
+    and run ID last."""
+    columns = [schema.TRIAL_ID, *[k for k in keys if k in usable], *objective.metrics, schema.RUN_NAME, schema.RUN_ID]
     frame = usable[columns].copy()
     values = frame[list(objective.metrics)].apply(pd.to_numeric, errors="coerce").astype(float)
     frame = frame[np.isfinite(values).all(axis=1)].reset_index(drop=True)
@@ -338,12 +339,14 @@ def _parallel_section(usable: pd.DataFrame, dists: Mapping[str, BaseDistribution
                       missing: str, out: Path, save) -> Section:
     if missing or not dists:
         return Section(PARALLEL, (missing or "No searched key varies across the comparable trials.",))
-    save(search_figures.parallel_coordinates(usable, dists, objective.metrics, objective.modes), out / PARALLEL_PNG)
+    args = (usable, dists, objective.metrics, objective.modes)
+    save(search_figures.parallel_coordinates(*args), out / PARALLEL_PNG)
     text = (f"One line per comparable trial over the searched keys and the objective, colored by "
             f"{objective.metrics[0]} ({objective.modes[0]}; the best drawn last). Categorical keys sit at integer "
             "positions; a key a trial did not sample breaks its line.",)
     caption = f"Searched keys and {' and '.join(objective.metrics)}, one line per trial"
-    return Section(PARALLEL, text, figures=(FigureRef(caption, PARALLEL_PNG),))
+    figure = FigureRef(caption, PARALLEL_PNG, plot=interactive.parallel_coordinates(*args))
+    return Section(PARALLEL, text, figures=(figure,))
 
 
 def _pareto_section(usable: pd.DataFrame, dists: Mapping[str, BaseDistribution], objective: Objective,
@@ -353,13 +356,14 @@ def _pareto_section(usable: pd.DataFrame, dists: Mapping[str, BaseDistribution],
     frame = pareto_frame(usable, objective, list(dists))
     save(search_figures.pareto_front(frame, objective.metrics, objective.modes), out / PARETO_PNG)
     first, mode = objective.metrics[0], objective.modes[0]
-    front = frame[frame["pareto"]].sort_values(first, ascending=mode == "min").drop(columns="pareto")
+    front = frame[frame["pareto"]].sort_values(first, ascending=mode == "min")
+    front = front.drop(columns=["pareto", schema.RUN_NAME, schema.RUN_ID])
     text = (f"{len(front)} of {len(frame)} comparable trials are non-dominated for {objective.label}: no other "
             "trial is at least as good in both metrics and better in one. They are listed below, best "
             f"{first} first; pareto.csv flags every trial.",)
     caption = f"{objective.label}: the non-dominated trials in color, joined; the others in grey"
-    return Section(PARETO, text, table=front.reset_index(drop=True),
-                   figures=(FigureRef(caption, PARETO_PNG),)), frame
+    figure = FigureRef(caption, PARETO_PNG, plot=interactive.pareto_front(frame, objective.metrics, objective.modes))
+    return Section(PARETO, text, table=front.reset_index(drop=True), figures=(figure,)), frame
 
 
 _METHODS = (

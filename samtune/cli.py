@@ -1,4 +1,4 @@
-"""``samtune train | search | spaces | replay | sharpness | interpolate | report | ui``.
+"""``samtune train | search | spaces | show | best | replay | sharpness | interpolate | report | ui``.
 
 Heavy libraries are imported inside each command so ``samtune --help`` is quick.
 A configuration mistake exits with status 2 and one message naming the key,
@@ -30,11 +30,17 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
 
 
+_SOURCE_HELP = ("a trial's MLflow run id (from samtune train or any search), a models:/ URI, or a model.pt or "
+                "Ray checkpoint file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from samtune import __version__
 
     parser = argparse.ArgumentParser(prog="samtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show the INFO lines of Ray, MLflow and the "
+                        "other libraries on the terminal too (they always go to the log file: see samtune.logs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run one trial and record it in MLflow")
@@ -50,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a top-level spec key or trial.KEY (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and sampled configs")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted search")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PARENT_RUN_ID",
+                   help="finish an interrupted search: the latest of this space's experiment, or the one whose "
+                        "MLflow parent run is PARENT_RUN_ID")
     p.add_argument("--address", default=None, help="attach to a Ray cluster: auto, HOST:PORT or "
                    "ray://HOST:PORT (default: $RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--storage", default=None, help="Ray storage path (shared folder or URI)")
@@ -59,19 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("spaces", help="list the bundled search spaces, one line each")
 
     p = sub.add_parser("replay", help="train one trial again on the schedule a PBT search found for it")
-    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a trial (its lineage.json gives the schedule)")
+    p.add_argument("run_id", metavar="RUN", help="a trial's MLflow run id or models:/ URI (a PBT trial's "
+                   "lineage.json gives its schedule)")
     _add_device(p)
     _add_tracking(p)
 
     p = sub.add_parser("sharpness", help="measure sharpness of a saved trial")
-    p.add_argument("source", help="MLflow run id or checkpoint path")
+    p.add_argument("source", metavar="RUN", help=_SOURCE_HELP)
     p.add_argument("--measures", default=None, help="comma-separated measure names (default: all defaults)")
     _add_device(p)
     _add_tracking(p)
 
     p = sub.add_parser("interpolate", help="loss and error along the line between two saved trials' models")
-    p.add_argument("run_a", metavar="RUN_A", help="MLflow run id or checkpoint path of θ₁ (a = 0)")
-    p.add_argument("run_b", metavar="RUN_B", help="MLflow run id or checkpoint path of θ₂ (a = 1)")
+    p.add_argument("run_a", metavar="RUN_A", help="θ₁ (a = 0): " + _SOURCE_HELP)
+    p.add_argument("run_b", metavar="RUN_B", help="θ₂ (a = 1): " + _SOURCE_HELP)
     p.add_argument("--points", type=int, default=31, help="evenly spaced values of a (default 31)")
     p.add_argument("--range", nargs=2, type=float, default=[-1.0, 2.0], metavar=("LO", "HI"),
                    help="the values of a, with LO <= 0 and HI >= 1 (default -1 2)")
@@ -81,11 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_tracking(p)
 
+    p = sub.add_parser("show", help="a trial as YAML (runnable with samtune train --config), its final metrics "
+                       "and where its model is")
+    p.add_argument("source", metavar="RUN", help="a trial's MLflow run id or models:/ URI")
+    _add_tracking(p)
+
+    p = sub.add_parser("best", help="a search's best trial by the search's objective")
+    p.add_argument("experiment", nargs="?", default=None, metavar="EXPERIMENT",
+                   help="the search's MLflow experiment (default: the latest search's)")
+    p.add_argument("--search", default=None, help="parent run id of the search (default: the latest search)")
+    _add_tracking(p)
+
     p = sub.add_parser("report", help="sharpness-generalization report over a search's trials")
-    p.add_argument("--experiment", default=schema.DEFAULT_EXPERIMENT_SEARCH,
-                   help=f"MLflow experiment of the search (default: {schema.DEFAULT_EXPERIMENT_SEARCH}, the default "
-                        f"search's)")
-    p.add_argument("--search", default=None, help="parent run id of one search (default: all trials)")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment of the search (default: the latest search's experiment)")
+    p.add_argument("--search", default=None, help="parent run id of one search (default: the latest search when "
+                   "--experiment is not given, else all the experiment's trials)")
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
     p.add_argument("--max-train-error", type=float, default=argparse.SUPPRESS,
                    help="trials trained without a criterion whose final train error is above this did not "
@@ -103,9 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # an offline tool: no usage reports
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small file is noise
     args = build_parser().parse_args(argv)
+    from samtune.logs import configure_logging
+
+    configure_logging(args.verbose, command=args.command)
     handler = {"train": cmd_train, "search": cmd_search, "spaces": cmd_spaces, "replay": cmd_replay,
                "sharpness": cmd_sharpness, "interpolate": cmd_interpolate, "report": cmd_report,
+               "show": cmd_show, "best": cmd_best,
                "ui": cmd_ui}[args.command]
     try:
         return handler(args) or 0
@@ -186,16 +211,44 @@ def cmd_interpolate(args) -> int:
     return 0
 
 
+# -- show, best -----------------------------------------------------------------
+def cmd_show(args) -> int:
+    from samtune.commands.show import show_trial
+
+    print(show_trial(args.source, args.tracking_uri))
+    return 0
+
+
+def cmd_best(args) -> int:
+    from samtune.commands.show import show_best
+
+    print(show_best(args.experiment, args.search, args.tracking_uri))
+    return 0
+
+
 # -- report ---------------------------------------------------------------------
+def _report_target(args) -> tuple[str, str | None]:
+    """(experiment, search run id): as given, else the latest search's."""
+    if args.experiment is not None and args.search is None:
+        return args.experiment, None
+    from samtune.commands.show import find_search
+    from samtune.tracking.store import Tracker
+
+    tracker = Tracker(args.tracking_uri)
+    search = find_search(tracker, args.experiment, args.search)
+    return tracker.client.get_experiment(tracker.run_experiment_id(search)).name, search
+
+
 def cmd_report(args) -> int:
     from analysis import AnalysisError
     from analysis.report import build_report
     from samtune.tracking.uri import resolve_tracking_uri
 
-    out = Path(args.out or Path("reports") / args.experiment)
+    experiment, search = _report_target(args)
+    out = Path(args.out or Path("reports") / experiment)
     try:
-        result = build_report(args.experiment, tracking_uri=resolve_tracking_uri(args.tracking_uri),
-                              search_run_id=args.search, out_dir=out,
+        result = build_report(experiment, tracking_uri=resolve_tracking_uri(args.tracking_uri),
+                              search_run_id=search, out_dir=out,
                               **({"max_train_error": args.max_train_error} if "max_train_error" in args else {}))
     except AnalysisError as err:
         print(f"samtune report: {err}", file=sys.stderr)

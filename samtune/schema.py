@@ -166,12 +166,28 @@ TAG_VERSION = "samtune.version"
 TAG_GIT_COMMIT = "samtune.git_commit"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_REPORTED_SEARCH = "samtune.search_run_id"  # on a report run: the search it reports
+TAG_CHECKPOINT = "samtune.checkpoint"  # on a search's trial run: its last Ray checkpoint (folder or URI)
+# the Optuna study of an Optuna search (on its parent run): the storage optuna-dashboard opens, and the study
+TAG_OPTUNA_STORAGE = "samtune.optuna_storage"
+TAG_OPTUNA_STUDY = "samtune.optuna_study"
+# MLflow's own tags: the run's description, and the experiment's kind (which view the UI opens it in)
+TAG_NOTE = "mlflow.note.content"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI's model-training view
+SYSTEM_METRICS_INTERVAL_S = 5  # how often a trial samples CPU, memory and GPU use for its run
 
 ARTIFACT_SEARCH_SPEC = "search.yaml"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_HISTORY = "history.csv"
-ARTIFACT_MODEL = "model.pt"
+ARTIFACT_MODEL = "model.pt"  # {"config": ..., "model": state dict}: loaded with weights_only, runs no code
+# Each trial's final model is an MLflow logged model of this name (model.pt and config.yaml,
+# linked to the trial's run, params, final metrics and evaluation data set).
+LOGGED_MODEL_NAME = "model"
+LOGGED_MODEL_TYPE = "samtune-state-dict"
+# a search spec's `keep_models`: every trial's model (the default), none, or an integer k (the best k)
+KEEP_ALL_MODELS, KEEP_NO_MODELS = "all", "none"
 ARTIFACT_CONTEXT = "trial_context.json"
+RAY_CHECKPOINT_FILE = "trial.pt"  # in each of a search trial's Ray checkpoints: its state, config and weights
 # population-based training: a trial's ancestry (which trial it was cloned from at which
 # epoch, and the values each segment trained with) and the schedule it trained on
 ARTIFACT_LINEAGE = "lineage.json"

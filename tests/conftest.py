@@ -1,7 +1,9 @@
 """Fixtures shared by the tests: a tracking store to write to, and a local Ray."""
 
+import os
 import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -10,6 +12,8 @@ from samtune.search import configure_ray_environment
 # Ray reads some of these when it is first imported, and a test module may import it
 # while pytest collects: set them before any, so every local Ray binds to 127.0.0.1.
 configure_ray_environment(local=True)
+# commands run in-process write their log files here, not into the working tree
+os.environ.setdefault("SAMTUNE_LOG_DIR", tempfile.mkdtemp(prefix="samtune-test-logs-"))
 
 
 @pytest.fixture(scope="session")

@@ -205,7 +205,9 @@ def test_build_report_end_to_end(store, tmp_path):
     for src in images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
-    assert not re.search(r"<(script|link)\b", page)
+    # offline: the one script loaded is plotly.js, written beside the report
+    assert re.findall(r"<script [^>]*src=\"([^\"]*)\"", page) == ["plotly.min.js"]
+    assert (out / "plotly.min.js").stat().st_size > 0 and not re.search(r"<link\b", page)
     assert "30 usable trials" in result.summary and "2 diverged" in result.summary
 
     client = MlflowClient(store["uri"])

@@ -191,7 +191,10 @@ def test_cli_interpolates_two_recorded_trials(tmp_path, monkeypatch, capsys, mlf
     assert artifacts == {schema.ARTIFACT_INTERPOLATION_CSV, schema.ARTIFACT_INTERPOLATION_PNG}
 
     # a different model is refused, naming both, and nothing is recorded
-    state = torch.load(client.download_artifacts(a, schema.ARTIFACT_MODEL), weights_only=True)
+    from samtune.commands.sources import open_weights
+
+    saved = open_weights(a, uri)
+    state = {"config": saved.config, "model": saved.model}
     other = tmp_path / "other.pt"
     torch.save({"config": dict(state["config"], model="vit_tiny"), "model": state["model"]}, other)
     capsys.readouterr()

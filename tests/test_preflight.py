@@ -33,7 +33,7 @@ NAME = "preflight-refused"
 CLI_TIMEOUT_S = 150  # a refused search ends; the catalogue's inputs hung until killed at 180 s
 TIMEOUT_S = 2  # the tracking-server and Ray-address limits in-process (10 s by default)
 RAY_REFUSALS = {"gpu-on-cpu-machine", "more-cpus-than-a-node", "cuda-on-cpu-machine",
-                "more-workers-than-the-cluster-places"}
+                "more-workers-than-the-cluster-places", "resume-nothing-to-resume", "resume-unknown-parent"}
 IN_SUBPROCESS = {"more-cpus-than-a-node", "tracking-scheme-ftp", "imagefolder-missing"}
 HAS_GPU = Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
 no_gpu = pytest.mark.skipif(HAS_GPU, reason="needs a machine without GPUs")
@@ -124,6 +124,14 @@ REFUSED = [
      ["resources.workers = 512", "workers of 1 CPU and 0 GPU each", "allowed: workers <="], [pytest.mark.slow]),
     ("loader-workers-beyond-cpus", {"trial": {"autoaugment": True, "loader_workers": 4}}, [],
      ["trial.loader_workers = 4 needs resources.cpu >= 5", "resources.cpu = 1"], []),
+    # where the search keeps things
+    ("storage-not-creatable", {}, ["--storage", "/proc/samtune"],
+     ["--storage = '/proc/samtune'", "cannot create or write the folder /proc/samtune"], []),
+    ("storage-is-a-file", {}, ["--storage", "{tmp}/spec.yaml"],
+     ["cannot create or write the folder {tmp}/spec.yaml"], []),
+    ("keep-models-zero", {"keep_models": 0}, [], ["keep_models = 0", "allowed all or none or an integer k >= 1"], []),
+    ("resume-nothing-to-resume", {}, ["--resume"], ["no earlier search of 'preflight-refused'"], [pytest.mark.slow]),
+    ("resume-unknown-parent", {}, ["--resume", "0123abcd"], ["no MLflow run '0123abcd'"], [pytest.mark.slow]),
 ]
 
 
@@ -484,6 +492,30 @@ def test_search_whose_trials_all_fail_exits_1(tmp_path, capsys, ray_not_running,
     assert parent.info.status == "FAILED" and parent.data.metrics["trials_completed"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("fault", "state", "reason"), [
+    (RuntimeError("the Tuner could not start"), "FAILED", "RuntimeError: the Tuner could not start"),
+    (KeyboardInterrupt(), "KILLED", "interrupted by the user"),
+])
+def test_a_search_that_stops_after_its_parent_run_started_leaves_no_run_running(
+        tmp_path, monkeypatch, local_ray, mlflow_uri, fault, state, reason):
+    """Past the pre-launch checks, whatever stops the search ends its parent run with the reason."""
+    from mlflow.tracking import MlflowClient
+
+    from samtune.search import run_search, runner
+
+    def launch(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(runner, "_launch", launch)
+    with pytest.raises(type(fault)):
+        run_search(parse_search_spec(tiny_spec()), tracking_uri=mlflow_uri, storage=str(tmp_path / "ray"))
+    client = MlflowClient(mlflow_uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
+    assert parent.info.status == state
+    assert parent.data.tags[schema.TAG_ERROR] == reason
+
+
 def test_first_error_comes_from_the_exception_else_the_mlflow_tag():
     from samtune.search.runner import SearchRun, _first_error, trial_outcomes
 
@@ -495,7 +527,7 @@ def test_first_error_comes_from_the_exception_else_the_mlflow_tag():
             assert key == schema.TAG_ERROR
             return f"Traceback (most recent call last):\n  ...\nValueError: no trial can run {run_id}\n"
 
-    opened = SearchRun(Tracker(), "1", "parent", "x", "/ray/x")
+    opened = SearchRun(Tracker(), "1", "parent", "x", "/ray/x", "/ray")
     outcomes = trial_outcomes([fake_result("completed", trial="a"), fake_result("diverged", trial="b"),
                                fake_result(error=RuntimeError("boom"), trial="c")])
     assert _first_error(outcomes, opened) == ("b", "ValueError: no trial can run run-b")

@@ -59,6 +59,25 @@ def test_optuna_search_records_every_trial_as_a_child_run(tmp_path, mlflow_uri):
         assert sorted(steps) == [1, 2]
     # Optuna sampled distinct radii (TPE, seeded)
     assert len({t.data.params["rho"] for t in trials}) == 4
+    # each trial's final model is a logged model of its run; run names tell the trials apart
+    experiment = client.get_experiment(parents[0].info.experiment_id)
+    models = client.search_logged_models([experiment.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(t.info.run_id for t in trials)
+    names = {t.info.run_name for t in trials}
+    assert len(names) == 4 and all(n.startswith("gsam ρ=") and " #" in n for n in names), names
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    assert "min final_test_error" in parents[0].data.tags["mlflow.note.content"]
+    # the Optuna study, in a journal file beside the SQLite store, with every trial told
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = parents[0].data.tags["samtune.optuna_storage"]
+    assert journal.endswith("optuna.journal") and os.path.dirname(journal) == os.path.dirname(
+        uri.removeprefix("sqlite:///"))
+    study = optuna.load_study(study_name=parents[0].data.tags["samtune.optuna_study"],
+                              storage=optuna.storages.JournalStorage(JournalFileBackend(journal)))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(t.params["rho"] for t in study.trials) == sorted(float(t.data.params["rho"]) for t in trials)
     # and the report reads the search back from MLflow
     from samtune.cli import main
 
@@ -70,18 +89,49 @@ def test_optuna_search_records_every_trial_as_a_child_run(tmp_path, mlflow_uri):
     assert (out / "report.html").stat().st_size > 0 and list((out / "figures").glob("*.png"))
 
 
-def test_grid_search_runs_every_combination_with_bundles(tmp_path, mlflow_uri):
+def test_grid_search_runs_every_combination_with_bundles(tmp_path, capsys, mlflow_uri):
     uri = mlflow_uri
-    spec = make_spec("grid-e2e", samples=1, grid={
+    spec = make_spec("grid-e2e", samples=1, keep_models=1, grid={
         "optimizer": ["sgd", "gsam"],
         "schedule": {"constant": {"lr_shape": "constant"},
                      "+C": {"lr_shape": "cosine", "lr_final": 0.001}}})
     assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
-    _, _, trials = children(uri, "grid-e2e")
+    client, _, trials = children(uri, "grid-e2e")
     combos = sorted((t.data.params["optimizer"], t.data.params["schedule"], t.data.params["lr_shape"])
                     for t in trials)
     assert combos == [("gsam", "+C", "cosine"), ("gsam", "constant", "constant"),
                       ("sgd", "+C", "cosine"), ("sgd", "constant", "constant")]
+    assert {t.info.run_name.rsplit(" #", 1)[0] for t in trials} == {"sgd +C", "sgd constant", "gsam +C",
+                                                                     "gsam constant"}
+    # keep_models: 1 keeps the best trial's model; the others are read from their last Ray checkpoint
+    best = min(trials, key=lambda t: t.data.metrics["final_test_error"])
+    (kept,) = client.search_logged_models([best.info.experiment_id])
+    assert kept.source_run_id == best.info.run_id
+    other = next(t for t in trials if t.info.run_id != best.info.run_id)
+    researcher_loop_after_a_search(tmp_path, capsys, uri, "grid-e2e", best, other, kept.model_id)
+
+
+def researcher_loop_after_a_search(tmp_path, capsys, uri, experiment, best, other, model_id):
+    """What a researcher does next, each command exiting 0: the best trial, a trial as YAML,
+    a measure the trials did not take, and the line between two trials."""
+    import yaml
+
+    from samtune.cli import main
+    from samtune.config import make_trial_config
+
+    capsys.readouterr()
+    assert main(["best", experiment, "--tracking-uri", uri]) == 0
+    assert f"(run {best.info.run_id})" in capsys.readouterr().out
+    assert main(["show", other.info.run_id, "--tracking-uri", uri]) == 0
+    shown = capsys.readouterr().out
+    assert "# model: the last Ray checkpoint" in shown and "# status: completed" in shown
+    assert make_trial_config(yaml.safe_load(shown)).optimizer == other.data.params["optimizer"]
+    assert main(["sharpness", other.info.run_id, "--measures", "harada", "--tracking-uri", uri]) == 0
+    assert "sharpness_harada" in capsys.readouterr().out
+    out = tmp_path / "line"
+    assert main(["interpolate", f"models:/{model_id}", other.info.run_id, "--points", "3", "--examples", "64",
+                 "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert (out / "interpolation.csv").read_text().count("\n") == 4  # a header and three points
 
 
 def failing_once_after_epoch(epoch, marker_dir):
@@ -142,10 +192,16 @@ def test_asha_stops_trials_and_marks_them_pruned(tmp_path, mlflow_uri):
     assert all(t.info.status != "RUNNING" for t in trials)
     statuses = {t.data.tags["samtune.status"] for t in trials}
     assert statuses <= {"completed", "pruned"} and "completed" in statuses
-    # which trials ASHA stops depends on report timing; a stopped one is closed as pruned
+    # which trials ASHA stops depends on report timing; a stopped one is closed as pruned,
+    # and measured again as it stopped, from its last Ray checkpoint
+    from samtune.commands.sharpness import measure_saved_trial
+
     for t in trials:
+        assert os.path.isdir(t.data.tags["samtune.checkpoint"])
         if t.data.tags["samtune.status"] == "pruned":
             assert t.info.status == "KILLED"
+            values = measure_saved_trial(t.info.run_id, names=("norm_param_l2",), device="cpu", tracking_uri=uri)
+            assert values["norm_param_l2"] > 0
 
 
 def _free_port() -> int:
@@ -271,6 +327,13 @@ def test_two_worker_trials_record_one_run_each_and_resume_to_the_same_weights(tm
         finals.append({k: v for k, v in run.data.metrics.items() if k.startswith(("final_", "sharpness_", "norm_"))})
     assert "sharpness_ascent" in finals[0]
     assert finals[0] == finals[1]  # the retried trial ends on the same weights as its twin
+    # the logged model holds rank 0's final weights: measured again, they give the recorded norm
+    from samtune.commands.sharpness import measure_saved_trial
+
+    (model,) = client.search_logged_models([trials[0].info.experiment_id],
+                                           filter_string=f"source_run_id = '{trials[0].info.run_id}'")
+    again = measure_saved_trial(f"models:/{model.model_id}", names=("norm_param_l2",), device="cpu", tracking_uri=uri)
+    assert again["norm_param_l2"] == pytest.approx(finals[0]["norm_param_l2"], rel=1e-6)
 
 
 def artifact_text(client, run_id, name):
@@ -306,7 +369,9 @@ def test_pbt_population_records_lineage_and_its_replay_follows_the_schedule(tmp_
     schedule = list(csv.DictReader(io.StringIO(artifact_text(client, run.info.run_id, schema.ARTIFACT_SCHEDULE))))
     assert [int(float(row["epoch"])) for row in schedule] == [1, 2, 3, 4]
 
-    assert main(["replay", run.info.run_id, "--tracking-uri", uri, "--device", "cpu"]) == 0
+    (model,) = client.search_logged_models([run.info.experiment_id],
+                                           filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert main(["replay", f"models:/{model.model_id}", "--tracking-uri", uri, "--device", "cpu"]) == 0
     replays = [r for r in client.search_runs([run.info.experiment_id])
                if r.data.tags.get(schema.TAG_REPLAY_OF) == run.info.run_id]
     assert len(replays) == 1

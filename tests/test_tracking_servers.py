@@ -157,3 +157,21 @@ def test_search_without_credentials_fails_before_anything_starts(tmp_path, track
     assert not (tmp_path / "ray").exists()
     error = servers.http_error(lambda: server.request("/api/2.0/mlflow/experiments/search", {"max_results": 1}))
     assert error.code == 401 and error.headers["WWW-Authenticate"] == 'Basic realm="mlflow"'
+
+
+def test_optuna_study_shares_mlflows_postgres_in_its_own_schema(tracking, monkeypatch):
+    """A search tracked straight in PostgreSQL keeps its Optuna study in the same database,
+    schema ``optuna`` (both keep an alembic_version table), beside MLflow's tables."""
+    import optuna
+
+    from samtune.search.study import study_storage
+
+    db, _ = tracking
+    monkeypatch.setenv("PGPASSWORD", db.password)
+    storage = study_storage(db.url(servers.TRACKING_DB), "/unused")
+    study = optuna.create_study(study_name="s-1", storage=storage.open())
+    study.tell(study.ask({"rho": optuna.distributions.FloatDistribution(0.01, 0.3)}), 0.1)
+    assert db.query("select count(*) from optuna.trials") == [(1,)]
+    assert db.query("select count(*) from public.experiments")[0][0] >= 1  # MLflow's own, untouched
+    loaded = optuna.load_study(study_name="s-1", storage=storage.location)  # what optuna-dashboard opens
+    assert [t.values for t in loaded.trials] == [[0.1]]

@@ -72,7 +72,18 @@ def test_cli_train_records_one_mlflow_run(tmp_path, monkeypatch, mlflow_uri):
     history = client.get_metric_history(run.info.run_id, "test_error")
     assert sorted(m.step for m in history) == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "history.csv", "model.pt"} <= artifacts
+    assert {"config.yaml", "history.csv"} <= artifacts
+    # the final model: a logged model of the run, with its files, params and linked final metrics
+    (model,) = client.search_logged_models([experiment.experiment_id])
+    assert (model.name, model.source_run_id, str(model.status)) == ("model", run.info.run_id, "READY")
+    assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} == {"model.pt", "config.yaml"}
+    assert model.params["epochs"] == "2" and "device" not in model.params  # hyperparameters only
+    linked = {m.key: m for m in model.metrics}
+    assert linked["final_test_error"].value == run.data.metrics["final_test_error"]
+    evaluation = next(i.dataset for i in run.inputs.dataset_inputs if i.tags[0].value == "evaluation")
+    assert linked["final_test_error"].dataset_digest == evaluation.digest
+    assert linked["final_train_error"].dataset_digest is None
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
     csv = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv"))
     assert list(csv["epoch"]) == [1, 2]
     # the saved model can be measured again from its run id

@@ -12,6 +12,7 @@ import pandas as pd
 from samtune import schema
 from samtune.checks import ConfigError
 from samtune.commands.sharpness import load_saved_model, saved_trial
+from samtune.commands.sources import MODELS_SCHEME, run_of
 from samtune.data.trial_data import whole_split
 from samtune.sharpness.interpolation import (
     DEFAULT_POINTS,
@@ -46,7 +47,10 @@ def evaluation_batches(trial: Trial, examples: int | None) -> tuple[list[Batch],
 
 
 def source_label(source: str) -> str:
-    return Path(source).name if Path(source).exists() else source[:8]
+    """A short name for a source: a file's name, a model's or run's id's first characters."""
+    if Path(source).exists():
+        return Path(source).name
+    return source.removeprefix(MODELS_SCHEME).strip("/").replace("/", "-")[:10]
 
 
 def interpolate_runs(sources: tuple[str, str], *, points: int = DEFAULT_POINTS,
@@ -73,6 +77,6 @@ def interpolate_runs(sources: tuple[str, str], *, points: int = DEFAULT_POINTS,
     tracker = Tracker(tracking_uri)
     # a checkpoint file belongs to no experiment: record it where samtune train records
     experiment_id = (tracker.ensure_experiment(schema.DEFAULT_EXPERIMENT_TRAIN) if Path(sources[0]).exists()
-                     else tracker.run_experiment_id(sources[0]))
+                     else tracker.run_experiment_id(run_of(sources[0], tracker)))
     run_id = tracker.record_interpolation(experiment_id, sources, frame, params=params, files=files)
     return frame, run_id

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from samtune import schema
+from samtune.commands.sources import run_of
 from samtune.commands.train import ProgressSink, Sinks, print_summary
 from samtune.config import TrialConfig, make_trial_config
 from samtune.tracking.store import Tracker
@@ -89,8 +90,10 @@ class _ScheduleSink:
             self.run.log_text(schedule_csv(final.history, self.segments), schema.ARTIFACT_SCHEDULE)
 
 
-def replay_run(run_id: str, *, tracking_uri: str | None, device: str) -> int:
+def replay_run(source: str, *, tracking_uri: str | None, device: str) -> int:
+    """Train the trial of ``source`` (a trial run's id or a ``models:/`` URI) again."""
     tracker = Tracker(tracking_uri)
+    run_id = run_of(source, tracker)
     config, segments = read_schedule(tracker, run_id)
     configs = segment_configs(config | {"device": device}, segments)
     data = open_data(configs[0])

@@ -4,24 +4,17 @@ commands that measure saved trials again."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from samtune import schema
+from samtune.commands.sources import open_weights
 from samtune.config import TrialConfig, make_trial_config
-from samtune.tracking.store import Tracker
 from samtune.trial.loop import Trial, open_data
 
 
 def load_saved_model(source: str, tracking_uri: str | None, device: str):
-    """(config, state dict) from a checkpoint file or an MLflow run's model artifact."""
-    path = Path(source)
-    if not path.exists():
-        path = Tracker(tracking_uri).download_artifact(source, schema.ARTIFACT_MODEL)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    config = make_trial_config(dict(state["config"], device=device), where="checkpoint config")
-    return config, state["model"]
+    """(config, state dict) of a saved trial: a trial run, a ``models:/`` URI or a file
+    (:mod:`samtune.commands.sources`)."""
+    saved = open_weights(source, tracking_uri)
+    config = make_trial_config(dict(saved.config, device=device), where=f"the config of {saved.origin}")
+    return config, saved.model
 
 
 def measure_saved_trial(source: str, *, names, device: str, tracking_uri: str | None) -> dict[str, float]:

@@ -18,21 +18,36 @@ from samtune.tracking.store import Tracker
 
 class MlflowRunCloser(tune.Callback):
     """Ends the MLflow run of a trial Tune stopped early (ASHA) or that failed for
-    good: code after a function trainable's last report never runs."""
+    good: code after a function trainable's last report never runs.  Every ended
+    trial's run is tagged with where its last Ray checkpoint is (a trial stopped early
+    is measured from it)."""
 
     def __init__(self, tracker: Tracker, experiment_id: str, parent_run_id: str):
         self.tracker, self.experiment_id, self.parent_run_id = tracker, experiment_id, parent_run_id
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._close(trial.trial_id, schema.PRUNED)
+        self._close(trial, schema.PRUNED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial.trial_id, schema.FAILED, _trial_error(trial))
+        self._close(trial, schema.FAILED, _trial_error(trial))
 
-    def _close(self, trial_id: str, status: str, error: str | None = None) -> None:
-        run_id = self.tracker.find_trial_run(self.experiment_id, trial_id, self.parent_run_id)
-        if run_id and self.tracker.run_is_active(run_id):
+    def _close(self, trial, status: str, error: str | None = None) -> None:
+        run_id = self.tracker.find_trial_run(self.experiment_id, trial.trial_id, self.parent_run_id)
+        if not run_id:
+            return
+        if (location := checkpoint_location(trial)) is not None:
+            self.tracker.set_tag(run_id, schema.TAG_CHECKPOINT, location)
+        if self.tracker.run_is_active(run_id):
             self.tracker.end_trial_run(run_id, status, error)
+
+
+def checkpoint_location(trial) -> str | None:
+    """The trial's latest checkpoint: a folder, or a URI on remote storage."""
+    checkpoint = getattr(trial, "checkpoint", None)
+    if checkpoint is None:
+        return None
+    kind = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def _trial_error(trial) -> str:

@@ -42,6 +42,10 @@ class TrialContext:
     population: bool = False
     worker_resources: Mapping[str, float] = field(default_factory=dict)
     parallel_storage: str = ""
+    # whether trials log their final model (keep_models: none turns it off)
+    log_models: bool = True
+    # the keys the search varies: they name each trial's run
+    searched_keys: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -89,7 +93,8 @@ def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, pa
         end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)),
         equal_budget=spec.budget, workers=spec.workers, population=bool(spec.mutated_keys),
         worker_resources=dict(resources),
-        parallel_storage=f"{ray_path.rstrip('/')}/{PARALLEL_FOLDER}" if ray_path else "")
+        parallel_storage=f"{ray_path.rstrip('/')}/{PARALLEL_FOLDER}" if ray_path else "",
+        log_models=spec.keep_models != schema.KEEP_NO_MODELS, searched_keys=spec.searched_keys)
 
 
 def run_settings(trial: Mapping[str, Any], resources: Mapping[str, float]) -> dict[str, Any]:

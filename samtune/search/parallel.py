@@ -61,7 +61,7 @@ def samtune_parallel_trial(hparams: dict[str, Any], context: TrialContext,
     from samtune.trial.loop import open_data
 
     # a retried trial finds the run its earlier attempt opened (by trial id)
-    run = open_trial_run(context, tracker, config, labels, None)
+    run = open_trial_run(context, tracker, config, labels, None, hparams)
     # the workers open the data on their devices; its records are the same on the CPU
     log_datasets_once(run, lambda: open_data(config.model_copy(update={"device": "cpu"})).records(), resumed=False)
     gpu = float(context.worker_resources.get("gpu", 0))
@@ -98,11 +98,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if resume is not None:
         resume.pop(RUN_ID_KEY, None)
     if replica.is_main:
-        run = TrialRun(Tracker(context.tracking_uri), loop_config["run_id"], config)
+        run = TrialRun(Tracker(context.tracking_uri), loop_config["run_id"], config, keep_model=context.log_models)
+        run.monitor_system(resume=True)  # the driving trial's run: rank 0's machine
         sink = RaySink(context, run, config.epochs, report=ray.train.report, checkpoint_type=ray.train.Checkpoint)
     else:
         sink = FollowerSink(context, config.epochs)
-    train(config, sink, resume=resume, replica=replica, data=open_data(config))
+    try:
+        train(config, sink, resume=resume, replica=replica, data=open_data(config))
+    finally:
+        if replica.is_main:
+            sink.run.stop_monitor()
 
 
 class FollowerSink:

@@ -22,7 +22,10 @@ from samtune import schema
 from samtune.config import ConfigError
 from samtune.search import preflight
 from samtune.search.context import TrackingCredentials, build_context, hyperparameters
-from samtune.spec import SearchSpec, asha_max_t, define_by_run
+from samtune.search.study import StudyStorage, study_storage
+from samtune.spec import SearchSpec, asha_max_t, define_by_run, search_description
+from samtune.tracking.models import keep_best_models
+from samtune.tracking.run_names import tune_trial_name
 from samtune.tracking.store import Tracker
 from samtune.tracking.uri import resolve_tracking_uri, runs_url, ui_command
 
@@ -83,12 +86,13 @@ def tune_domain(dist):
     return (tune.loguniform if isinstance(dist, LogUniform) else tune.uniform)(*dist.values)
 
 
-def _tune_config(spec: SearchSpec):
+def _tune_config(spec: SearchSpec, study: tuple[StudyStorage, str] | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     kwargs: dict[str, Any] = dict(num_samples=spec.samples, max_concurrent_trials=spec.concurrency,
-                                  reuse_actors=True, trial_dirname_creator=_trial_dirname)
+                                  reuse_actors=True, trial_dirname_creator=_trial_dirname,
+                                  trial_name_creator=_trial_name)
     if spec.mutated_keys:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -103,8 +107,10 @@ def _tune_config(spec: SearchSpec):
         metrics, modes = spec.objective.metrics, spec.objective.modes
         sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.objective.is_pareto
                    else optuna.samplers.TPESampler(seed=spec.seed))
+        storage, study_name = study or (None, None)
         kwargs["search_alg"] = OptunaSearch(
-            space=define_by_run(spec), sampler=sampler,
+            space=define_by_run(spec), sampler=sampler, study_name=study_name,
+            storage=storage.open() if storage else None,
             metric=list(metrics) if spec.objective.is_pareto else metrics[0],
             mode=list(modes) if spec.objective.is_pareto else modes[0])
     if spec.scheduler is not None:
@@ -139,6 +145,11 @@ def _population_scheduler(spec: SearchSpec):
 
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
+
+
+def _trial_name(trial) -> str:
+    """Tune's experiment tag starts with the trial's number in the search: it names the trial's run."""
+    return tune_trial_name(trial.experiment_tag.split("_", 1)[0] or trial.trial_id)
 
 
 def _run_config(spec: SearchSpec, storage: str, ray_name: str, callbacks):
@@ -188,6 +199,9 @@ def _init_ray(target: preflight.RayAddress | None) -> bool:
     did it (False when Ray was already initialized, as in tests)."""
     import ray
 
+    from samtune.logs import adopt_library_loggers
+
+    adopt_library_loggers()  # importing Ray gave its logger a stderr handler of its own
     if ray.is_initialized():
         return False
     if target is not None:
@@ -243,54 +257,100 @@ class SearchRun:
     parent_run_id: str
     ray_name: str
     ray_path: str
+    storage_path: str  # Ray's storage: ray_path is its folder ray_name
+    study: tuple[StudyStorage, str] | None = None  # an Optuna search's study: its storage and name
+
+
+def _study(spec: SearchSpec, tracker: Tracker, storage_path: str, ray_name: str) -> tuple[StudyStorage, str] | None:
+    """Where an Optuna search's study is kept, and its name (None for a grid or PBT)."""
+    if not spec.search or spec.mutated_keys:
+        return None
+    storage = study_storage(tracker.uri, storage_path)
+    return (storage, ray_name) if storage is not None else None
 
 
 def _start(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path: str) -> SearchRun:
     ray_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = {schema.TAG_RAY_NAME: ray_name, schema.TAG_STORAGE: storage_path, schema.TAG_NOTE: search_description(spec)}
+    if (study := _study(spec, tracker, storage_path, ray_name)) is not None:
+        tags |= {schema.TAG_OPTUNA_STORAGE: study[0].location, schema.TAG_OPTUNA_STUDY: study[1]}
     parent_run_id = tracker.start_search_run(
-        experiment_id, run_name=ray_name, spec_yaml=spec.source, search_keys=spec.searched_keys,
-        tags={schema.TAG_RAY_NAME: ray_name, schema.TAG_STORAGE: storage_path})
-    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, _experiment_path(storage_path, ray_name))
+        experiment_id, run_name=ray_name, spec_yaml=spec.source, search_keys=spec.searched_keys, tags=tags)
+    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, _experiment_path(storage_path, ray_name),
+                     storage_path, study)
 
 
-def _reopen(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path: str) -> SearchRun:
+def _reopen(spec: SearchSpec, tracker: Tracker, storage: str | None, parent_run_id: str | None = None) -> SearchRun:
+    """The search to finish: ``parent_run_id``'s, else the latest of the experiment; its
+    Ray state under ``storage``, else where the search kept it."""
     from ray import tune
 
-    parent_run_id = tracker.latest_search_run(experiment_id)
+    experiment = tracker.client.get_experiment_by_name(spec.name)
+    if parent_run_id is not None:
+        run = tracker.search_run(parent_run_id)
+        if experiment is None or run.info.experiment_id != experiment.experiment_id:
+            raise ConfigError(f"--resume {parent_run_id}: that search is in another experiment "
+                              f"(id {run.info.experiment_id}), not {spec.name!r}; give its search space")
+    elif experiment is not None:
+        parent_run_id = tracker.latest_search_run(experiment.experiment_id)
     if parent_run_id is None:
         raise FileNotFoundError(f"no earlier search of {spec.name!r} in {tracker.uri} to resume")
+    experiment_id = experiment.experiment_id
+    storage_path = _storage_path(storage) if storage else tracker.run_tag(parent_run_id, schema.TAG_STORAGE)
     ray_name = tracker.run_tag(parent_run_id, schema.TAG_RAY_NAME)
+    storage_path = storage_path or _storage_path(None)
     path = _experiment_path(storage_path, ray_name or "")
     if not ray_name or not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"search run {parent_run_id} has no resumable Ray state at {path}; "
-                                f"give the same --storage as the interrupted search")
+                                f"give the --storage the interrupted search used")
     tracker.reopen_search_run(parent_run_id)
-    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, path)
+    location, study = (tracker.run_tag(parent_run_id, key) for key in (schema.TAG_OPTUNA_STORAGE,
+                                                                         schema.TAG_OPTUNA_STUDY))
+    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, path, storage_path,
+                     (StudyStorage(location), study) if location and study else None)
 
 
 def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: str | None = None,
-               storage: str | None = None, resume: bool = False,
+               storage: str | None = None, resume: bool | str = False,
                trainable: Callable[..., None] | None = None) -> int:
-    """Run (or finish, with ``resume``) a search; returns the process exit code.
+    """Run (or finish, with ``resume``: True for the latest search, or its parent run id)
+    a search; returns the process exit code.
 
     ``trainable`` is the function trainable, called as ``trainable(hparams, context=...)``;
     by default :func:`~samtune.search.trainable.samtune_trial` (a test wraps it to
     inject faults)."""
+    if not resume:
+        preflight.check_storage(storage, _storage_path(storage))
     started, resources = _preflight(spec, tracking_uri, address)  # nothing is recorded before it passes
     tracker = Tracker(tracking_uri)
-    storage_path = _storage_path(storage)
     try:
-        experiment_id = tracker.ensure_experiment(spec.name)
-        opened = (_reopen if resume else _start)(spec, tracker, experiment_id, storage_path)
-    except (ConfigError, FileNotFoundError):
+        if resume:
+            opened = _reopen(spec, tracker, storage, resume if isinstance(resume, str) else None)
+        else:
+            opened = _start(spec, tracker, tracker.ensure_experiment(spec.name), _storage_path(storage))
+    except BaseException:
         _shutdown_ray(started)
         raise
+    try:
+        return _launch(spec, opened, resources, resume=bool(resume), trainable=trainable)
+    except BaseException as err:  # the parent run never stays RUNNING
+        reason = "interrupted by the user" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        tracker.fail_search_run(opened.parent_run_id, reason, killed=isinstance(err, KeyboardInterrupt))
+        raise
+    finally:
+        _shutdown_ray(started)
+
+
+def _launch(spec: SearchSpec, opened: SearchRun, resources: dict[str, float], *, resume: bool,
+            trainable: Callable[..., None] | None) -> int:
+    """Start the Tuner (or restore it) on the opened search, and finish the search."""
     from ray import tune
 
     from samtune.search.callbacks import MlflowRunCloser, SearchProgress
     from samtune.search.parallel import samtune_parallel_trial, trial_driver_resources
     from samtune.search.trainable import samtune_trial
 
+    tracker, experiment_id = opened.tracker, opened.experiment_id
     context = build_context(spec, tracking_uri=tracker.uri, experiment_id=experiment_id,
                             parent_run_id=opened.parent_run_id, resources=resources, ray_path=opened.ray_path)
     tracker.log_text(opened.parent_run_id, context.to_json(), schema.ARTIFACT_CONTEXT)
@@ -308,8 +368,8 @@ def run_search(spec: SearchSpec, *, tracking_uri: str | None = None, address: st
         callbacks = [MlflowRunCloser(tracker, experiment_id, opened.parent_run_id),
                      SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], spec.total_trials,
                                     unit=progress_unit(spec))]
-        tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec),
-                           run_config=_run_config(spec, storage_path, opened.ray_name,
+        tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec, opened.study),
+                           run_config=_run_config(spec, opened.storage_path, opened.ray_name,
                                                   callbacks))
     return _finish(spec, tuner.fit(), opened)
 
@@ -385,6 +445,9 @@ def _finish(spec: SearchSpec, results, opened: SearchRun) -> int:
                "trials_completed": completed}
     if best is not None:
         summary[f"best_{metric}"] = best.metrics[metric]
+    if isinstance(spec.keep_models, int) and not interrupted:
+        summary["models_deleted"] = keep_best_models(tracker, opened.experiment_id, opened.parent_run_id,
+                                                     metric=metric, mode=mode, keep=spec.keep_models)
     tracker.end_search_run(opened.parent_run_id, metrics=summary,
                            state={130: "KILLED", 1: "FAILED"}.get(status, "FINISHED"))
     _print_summary(spec, best, metric, opened, finished, _counts(outcomes))
@@ -414,11 +477,14 @@ def _best(results, metric: str, mode: str):
 
 def _print_summary(spec: SearchSpec, best, metric: str, opened: SearchRun, finished: int,
                    counts: str) -> None:
+    from samtune.display import values_text
+    from samtune.logs import current_log_file
+
     uri = opened.tracker.uri
     print(f"\nsearch {spec.name!r}: {finished}/{spec.total_trials} trials finished ({counts})")
     if best is not None:
         searched = {k: best.config.get(k) for k in spec.searched_keys if k in best.config}
-        print(f"best trial: {metric} = {best.metrics[metric]:.4f}  {searched}")
+        print(f"best trial: {metric} = {best.metrics[metric]:.4f}  {values_text(searched)}")
     print(f"MLflow: {uri}, experiment {spec.name!r} (id {opened.experiment_id}), "
           f"parent run {opened.parent_run_id}")
     print(f"Ray results and checkpoints: {opened.ray_path}")
@@ -426,3 +492,5 @@ def _print_summary(spec: SearchSpec, best, metric: str, opened: SearchRun, finis
     print(f"then browse:  {runs_url(uri, opened.experiment_id)}")
     print(f"report:       samtune report --experiment {spec.name} --search {opened.parent_run_id}"
           + (f" --tracking-uri {uri}" if uri.startswith("http") else ""))
+    if (log := current_log_file()) is not None and log.exists():  # a file is made at its first record
+        print(f"log:          {log}")

@@ -28,11 +28,12 @@ from samtune.data.records import DatasetRecord
 from samtune.search.callbacks import TOTAL_EPOCHS_KEY
 from samtune.search.context import TrackingCredentials, TrialContext
 from samtune.spec import check_batches_split, expand_bundles
+from samtune.tracking.run_names import trial_number, trial_run_name
 from samtune.tracking.store import Tracker
 from samtune.tracking.trial_run import TrialRun
 from samtune.trial.lineage import LINEAGE_KEY, changes, extend, schedule_csv
 
-CHECKPOINT_FILE = "trial.pt"
+CHECKPOINT_FILE = schema.RAY_CHECKPOINT_FILE
 RUN_ID_KEY = "mlflow_run_id"  # the trial's MLflow run, stored in its checkpoints
 STATUS_KEY = "samtune_status"  # the trial's status in its last Tune result
 
@@ -69,7 +70,8 @@ class RaySink:
         state = checkpoint()  # first: in a data-parallel trial every worker takes part in it
         if final is not None and self.lineage is not None:
             self.run.log_text(schedule_csv(final.history, self.lineage), schema.ARTIFACT_SCHEDULE)
-        self.run.on_epoch(record, checkpoint, final)  # closes the run before the last report
+        # closes the run before the last report; the state taken above, as every rank took part in it
+        self.run.on_epoch(record, lambda: state, final)
         extra = {RUN_ID_KEY: self.run.run_id} | ({LINEAGE_KEY: self.lineage} if self.lineage is not None else {})
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state | extra, Path(folder) / CHECKPOINT_FILE)
@@ -89,11 +91,15 @@ def samtune_trial(hparams: dict[str, Any], context: TrialContext,
     resume = _load_checkpoint()
     saved_run = resume.pop(RUN_ID_KEY) if resume else None
     inherited = resume.pop(LINEAGE_KEY, None) if resume else None
-    run = open_trial_run(context, tracker, config, labels, saved_run)
+    run = open_trial_run(context, tracker, config, labels, saved_run, hparams)
     data = open_data(config)  # after the run opens: a trial whose data cannot be read is recorded as failed
     log_datasets_once(run, data.records, resumed=resume is not None)
     lineage = trial_lineage(run, config, resume, inherited) if context.population else None
-    train(config, RaySink(context, run, config.epochs, lineage=lineage), resume=resume, data=data)
+    run.monitor_system(resume=resume is not None)
+    try:
+        train(config, RaySink(context, run, config.epochs, lineage=lineage), resume=resume, data=data)
+    finally:
+        run.stop_monitor()
 
 
 def trial_lineage(run: TrialRun, config: TrialConfig, resume: dict[str, Any] | None,
@@ -131,16 +137,18 @@ def prepare_trial(hparams: dict[str, Any], context: TrialContext, credentials: T
 
 
 def open_trial_run(context: TrialContext, tracker: Tracker, config: TrialConfig, labels: dict[str, str],
-                   run_id: str | None) -> TrialRun:
+                   run_id: str | None, hparams: dict[str, Any]) -> TrialRun:
     """The trial's MLflow run: the one an earlier attempt of this trial opened, else the
-    one its checkpoint names, else a new one.  (Under PBT the checkpoint may be another
-    trial's: its own run comes first.)"""
+    one its checkpoint names, else a new one, named by its searched values
+    (``hparams``: a grid's bundle axes by bundle name).  (Under PBT the checkpoint may
+    be another trial's: its own run comes first.)"""
     trial = tune.get_context()
     run_id = tracker.find_trial_run(context.experiment_id, trial.get_trial_id(), context.parent_run_id) or run_id
     if run_id is not None:
-        return TrialRun.reopen(tracker, run_id, config)
-    return TrialRun.start(tracker, context.experiment_id, config, run_name=trial.get_trial_name(),
-                          trial_id=trial.get_trial_id(), parent_run_id=context.parent_run_id, labels=labels)
+        return TrialRun.reopen(tracker, run_id, config, keep_model=context.log_models)
+    name = trial_run_name(hparams, context.searched_keys, trial_number(trial.get_trial_name()))
+    return TrialRun.start(tracker, context.experiment_id, config, run_name=name, trial_id=trial.get_trial_id(),
+                          parent_run_id=context.parent_run_id, labels=labels, keep_model=context.log_models)
 
 
 def log_datasets_once(run: TrialRun, records: Callable[[], Iterable[DatasetRecord]], resumed: bool) -> None:
@@ -163,7 +171,8 @@ def _record_invalid_trial(context: TrialContext, tracker: Tracker, values: dict[
     trial = tune.get_context()
     run_id = tracker.start_trial_run(
         context.experiment_id, params={k: str(v) for k, v in values.items()},
-        run_name=trial.get_trial_name(), trial_id=trial.get_trial_id(),
+        run_name=trial_run_name(values, context.searched_keys, trial_number(trial.get_trial_name())),
+        trial_id=trial.get_trial_id(),
         parent_run_id=context.parent_run_id)
     tracker.end_trial_run(run_id, schema.FAILED, error)
     tune.report({STATUS_KEY: schema.FAILED} | {k: math.nan for k in context.required_keys})

@@ -23,7 +23,7 @@ One module per concern:
 Nothing here imports torch or Ray: ``samtune search --dry-run`` runs without them.
 """
 
-from samtune.spec.describe import DefineByRun, define_by_run, describe, sample_configs
+from samtune.spec.describe import DefineByRun, define_by_run, describe, sample_configs, search_description
 from samtune.spec.distributions import DISTRIBUTIONS, Choice, Distribution, IntUniform, LogUniform, Uniform, upper_bound
 from samtune.spec.grid import (
     BundleAxis,
@@ -54,6 +54,6 @@ __all__ = [
     "Objective", "Pb2", "Pbt", "Resources", "SearchSpec", "Uniform", "ValueAxis",
     "asha_max_t", "bundle_table", "bundled_space_names", "bundled_space_summaries",
     "bundled_spaces", "check_batches_split", "define_by_run",
-    "describe", "expand_bundles", "grid_cells", "grid_choices", "grid_size", "load_search_spec",
+    "describe", "search_description", "expand_bundles", "grid_cells", "grid_choices", "grid_size", "load_search_spec",
     "parse_search_spec", "reported_metrics", "sample_configs", "stage_batches", "upper_bound",
 ]

@@ -52,14 +52,33 @@ def sample_configs(spec: SearchSpec, count: int = 5) -> list[dict[str, Any]]:
     return out
 
 
+def _plan(spec: SearchSpec) -> str:
+    """How the search draws its trials, in a few words."""
+    if spec.grid:
+        return f"{grid_size(spec)} grid points x {spec.samples}"
+    if spec.mutated_keys:
+        return (f"a population of {spec.samples} trials ({spec.scheduler_name} evolving "
+                f"{', '.join(spec.mutated_keys)} every {spec.scheduler.interval} epochs)")
+    return f"{spec.samples} Optuna TPE samples"
+
+
+def search_description(spec: SearchSpec) -> str:
+    """The search as the description (Markdown) of its MLflow parent run: its name,
+    objective, how trials are drawn, and the space."""
+    objective = ", ".join(f"{mode} {metric}" for metric, mode in zip(spec.objective.metrics, spec.objective.modes))
+    resolved = spec.resolved()
+    space = {key: resolved[key] for key in ("search", "grid") if resolved[key]}
+    return "\n".join([
+        f"**Search `{spec.name}`**: {objective}; {_plan(spec)}, scheduler {spec.scheduler_name}.", "",
+        "Space:", "", "```yaml",
+        yaml.safe_dump(space or {"search": "none (fixed trial)"}, sort_keys=False, default_flow_style=None).rstrip(),
+        "```"])
+
+
 def describe(spec: SearchSpec, count: int = 5) -> str:
     """The dry run: the resolved spec and the first sampled configs, each validated."""
-    total = (f"{grid_size(spec)} grid points x {spec.samples}" if spec.grid
-             else f"a population of {spec.samples} trials ({spec.scheduler_name} evolving "
-                  f"{', '.join(spec.mutated_keys)} every {spec.scheduler.interval} epochs)" if spec.mutated_keys
-             else f"{spec.samples} Optuna TPE samples")
     lines = ["# resolved search space", yaml.safe_dump(spec.resolved(), sort_keys=False).rstrip(),
-             f"# {total}, {spec.concurrency} at a time", f"# first {count} sampled configs:"]
+             f"# {_plan(spec)}, {spec.concurrency} at a time", f"# first {count} sampled configs:"]
     bundles = bundle_table(spec)
     for i, sample in enumerate(sample_configs(spec, count)):
         values, _ = expand_bundles({**spec.trial, **sample}, bundles)

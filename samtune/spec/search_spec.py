@@ -51,6 +51,14 @@ from samtune.spec.values import (
 )
 
 
+def _keep_models(value: Any) -> str | int:
+    allowed = (schema.KEEP_ALL_MODELS, schema.KEEP_NO_MODELS)
+    if value in allowed or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"allowed {' or '.join(allowed)} or an integer k >= 1 (the best k trials' models "
+                     f"by the objective)")
+
+
 def _experiment_name(name: str) -> str:
     if not name.strip() or "/" in name:
         raise ValueError("a non-empty experiment name without '/' is required")
@@ -80,6 +88,8 @@ class SearchSpec(_Section):
     sharpness: tuple[MeasureKey, ...] | None = None
     seed: NonNegativeInt = 0
     max_failures: NonNegativeInt = 2
+    # which trials' final models stay in MLflow as logged models
+    keep_models: Annotated[str | int, BeforeValidator(_keep_models)] = schema.KEEP_ALL_MODELS
     equal_budget: EqualBudget | None = None
     source: str = ""
     _budget: int | None = PrivateAttr(None)
@@ -220,4 +230,5 @@ class SearchSpec(_Section):
             "objective": {"metric": list(self.objective.metrics), "mode": list(self.objective.modes)},
             "samples": self.samples, "concurrency": self.concurrency, "resources": dict(self.resources),
             "scheduler": scheduler, "seed": self.seed, "max_failures": self.max_failures,
+            "keep_models": self.keep_models,
         } | ({"equal_budget": self.equal_budget.model_dump()} if self.equal_budget else {})

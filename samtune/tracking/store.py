@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from samtune import schema
-from samtune.data.records import DatasetRecord
+from samtune.data.records import EVALUATION, DatasetRecord
 from samtune.tracking.uri import resolve_tracking_uri
 
 _ERROR_CHARS = 4000  # MLflow tags hold at most 8000 characters
@@ -92,12 +92,16 @@ class Tracker:
         calling process, before any trial writes: parallel first use of a fresh
         SQLite store breaks its schema migrations."""
         experiment = self.client.get_experiment_by_name(name)
+        kind = {schema.TAG_EXPERIMENT_KIND: schema.EXPERIMENT_KIND}  # the UI's model-training view
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
+            if schema.TAG_EXPERIMENT_KIND not in experiment.tags:
+                self.client.set_experiment_tag(experiment.experiment_id, *kind.popitem())
             return experiment.experiment_id
         root = self._artifact_root()
-        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                             tags=kind)
 
     # -- search runs ---------------------------------------------------------------
     def start_search_run(self, experiment_id: str, *, run_name: str, spec_yaml: str,
@@ -108,11 +112,22 @@ class Tracker:
         self.client.log_text(run.info.run_id, spec_yaml, schema.ARTIFACT_SEARCH_SPEC)
         return run.info.run_id
 
-    def latest_search_run(self, experiment_id: str) -> str | None:
+    def latest_search_run(self, experiment_id: str | None = None) -> str | None:
+        """The search run started last, in ``experiment_id`` or (None) in any experiment."""
+        ids = [experiment_id] if experiment_id is not None else [
+            e.experiment_id for e in self.client.search_experiments(max_results=50_000)]
         runs = self.client.search_runs(
-            [experiment_id], filter_string=_tag_filter(schema.TAG_KIND, schema.KIND_SEARCH),
-            order_by=["attributes.start_time DESC"], max_results=1)
+            ids, filter_string=_tag_filter(schema.TAG_KIND, schema.KIND_SEARCH),
+            order_by=["attributes.start_time DESC"], max_results=1) if ids else []
         return runs[0].info.run_id if runs else None
+
+    def search_run(self, run_id: str):
+        """A search's parent run; FileNotFoundError unless ``run_id`` is one."""
+        run = self._run(run_id)
+        if run.data.tags.get(schema.TAG_KIND) != schema.KIND_SEARCH:
+            raise FileNotFoundError(f"run {run_id} in {self.uri} is not a search's parent run "
+                                    f"(tag {schema.TAG_KIND} = {run.data.tags.get(schema.TAG_KIND)!r})")
+        return run
 
     def reopen_search_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
@@ -122,6 +137,14 @@ class Tracker:
         if metrics:
             self.log_metrics(run_id, metrics)
         self.client.set_terminated(run_id, state)
+
+    def fail_search_run(self, run_id: str, reason: str, *, killed: bool = False) -> None:
+        """End a search that stopped before its end: its trials' runs still open and the
+        parent run FAILED (KILLED when interrupted), with the reason as ``samtune.error``."""
+        experiment_id = self.run_experiment_id(run_id)
+        self.close_running_children(experiment_id, run_id, schema.FAILED, error=f"the search stopped: {reason}")
+        self.client.set_tag(run_id, schema.TAG_ERROR, reason[:_ERROR_CHARS])
+        self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
 
     def close_running_children(self, experiment_id: str, parent_run_id: str, status: str,
                                error: str | None = None) -> int:
@@ -212,11 +235,21 @@ class Tracker:
     def has_dataset(self, run_id: str) -> bool:
         return bool(self.client.get_run(run_id).inputs.dataset_inputs)
 
+    def evaluation_dataset(self, run_id: str) -> tuple[str, str] | None:
+        """(name, digest) of the data set the run evaluates on, if it logged one."""
+        for item in self.client.get_run(run_id).inputs.dataset_inputs:
+            if any(t.key == DATASET_CONTEXT_TAG and t.value == EVALUATION for t in item.tags):
+                return item.dataset.name, item.dataset.digest
+        return None
+
     # -- interpolation runs --------------------------------------------------------
     def run_experiment_id(self, run_id: str) -> str:
         """The experiment of a run; an unknown run is a FileNotFoundError."""
+        return self._run(run_id).info.experiment_id
+
+    def _run(self, run_id: str):
         try:
-            return self.client.get_run(run_id).info.experiment_id
+            return self.client.get_run(run_id)
         except Exception as err:  # MlflowException
             raise FileNotFoundError(f"no MLflow run {run_id!r} in {self.uri}: {err}") from None
 

@@ -9,9 +9,12 @@ data-parallel trial.
 - :meth:`TrialRun.log_datasets` links the data set records the trial's data gives;
 - as a training sink (:meth:`TrialRun.on_epoch`) each epoch's record becomes metrics at
   step = epoch, and the final result ends the run: final metrics, the measures'
-  definitions, ``history.csv``, the config it ended with, the model (when kept), and
-  ``samtune.status`` with the MLflow end state;
-- :meth:`TrialRun.end` ends it otherwise (failed, interrupted), with the reason.
+  definitions, ``history.csv``, the config it ended with, the model as an MLflow
+  logged model (when kept, :mod:`samtune.tracking.models`), and ``samtune.status``
+  with the MLflow end state;
+- :meth:`TrialRun.end` ends it otherwise (failed, interrupted), with the reason;
+- while it is open, MLflow's system metrics monitor samples CPU, memory and (with
+  ``nvidia-ml-py`` and a GPU) GPU use into it, ``system/...`` in the UI's System metrics tab.
 
 The tracking module writes what it is given: the trial's data, weights and results come
 from whoever runs the trial.
@@ -19,9 +22,7 @@ from whoever runs the trial.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from samtune import schema
@@ -30,13 +31,37 @@ from samtune.data.records import DatasetRecord
 from samtune.tracking.provenance import identity_tags
 from samtune.tracking.store import Tracker, history_to_csv
 
+_process_monitor: TrialRun | None = None  # the run whose system metrics this process samples
+
 
 class TrialRun:
-    """A trial's run in ``tracker``'s store; ``keep_model`` saves the final weights
-    with it (as ``model.pt``: the config and the model's state dict)."""
+    """A trial's run in ``tracker``'s store; ``keep_model`` logs the final weights
+    as the run's logged model (the config and the model's state dict)."""
 
     def __init__(self, tracker: Tracker, run_id: str, config: TrialConfig, *, keep_model: bool = False):
         self.tracker, self.run_id, self.config, self.keep_model = tracker, run_id, config, keep_model
+        self.model_id: str | None = None
+        self._monitor = None
+
+    def monitor_system(self, resume: bool = False) -> TrialRun:
+        """Start sampling this process's machine into the run, until the run ends or
+        :meth:`stop_monitor`.  One monitor per process: Ray reuses a worker process for
+        the next trial, and a trial it stopped never returns to stop its own."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        global _process_monitor
+        if _process_monitor is not None:
+            _process_monitor.stop_monitor()
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=schema.SYSTEM_METRICS_INTERVAL_S,
+                                             resume_logging=resume, tracking_uri=self.tracker.uri)
+        self._monitor.start()
+        _process_monitor = self
+        return self
+
+    def stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
 
     @classmethod
     def start(cls, tracker: Tracker, experiment_id: str, config: TrialConfig, *, run_name: str, trial_id: str,
@@ -70,25 +95,29 @@ class TrialRun:
         self.tracker.log_metrics(self.run_id, metrics, step=int(record[schema.EPOCH]))
         if final is not None:
             if self.keep_model:
-                self.log_model(checkpoint())
+                self.log_model(checkpoint(), final.final, step=int(record[schema.EPOCH]))
             self.finish(final)
 
-    def log_model(self, state: dict[str, Any]) -> None:
-        """The trained weights, loadable with ``torch.load(weights_only=True)``."""
-        import torch
+    def log_model(self, state: dict[str, Any], metrics: dict[str, float], step: int) -> str:
+        """The trained weights as the run's logged model, ``metrics`` linked to it."""
+        from samtune.config import HYPERPARAM_KEYS
+        from samtune.tracking.models import log_trial_model
 
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / schema.ARTIFACT_MODEL
-            torch.save({"config": state["config"], "model": state["model"]}, path)
-            self.tracker.log_artifact(self.run_id, path)
+        params = {key: value for key, value in self.config.to_params().items() if key in HYPERPARAM_KEYS}
+        self.model_id = log_trial_model(self.tracker, self.run_id, state, config_yaml=self.config.to_yaml(),
+                                        params=params, metrics=metrics, step=step)
+        return self.model_id
 
     def finish(self, result) -> None:
-        """The trial's result (a :class:`~samtune.trial.loop.TrialResult`): final metrics,
-        the parameters only known at the end (the measures' definitions), artifacts,
-        ``samtune.status`` and the MLflow end state."""
+        """The trial's result (a :class:`~samtune.trial.loop.TrialResult`): final metrics
+        (unless the logged model took them), the parameters only known at the end (the
+        measures' definitions), artifacts, ``samtune.status`` and the MLflow end state."""
+        self.stop_monitor()
         self.tracker.finish_trial_run(
-            self.run_id, status=result.status, final_metrics=result.final, params=result.measure_params,
-            config_yaml=self.config.to_yaml(), history_csv=history_to_csv(result.history), error=result.error)
+            self.run_id, status=result.status, final_metrics={} if self.model_id else result.final,
+            params=result.measure_params, config_yaml=self.config.to_yaml(),
+            history_csv=history_to_csv(result.history), error=result.error)
 
     def end(self, status: str, error: str | None = None) -> None:
+        self.stop_monitor()
         self.tracker.end_trial_run(self.run_id, status, error)

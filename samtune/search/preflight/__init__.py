@@ -1,5 +1,5 @@
 """Checks made before a search launches anything, one module per concern:
-:mod:`.tracking` (the tracking store), :mod:`.data` (data sets present),
+:mod:`.tracking` (the tracking store), :mod:`.storage` (Ray's storage folder), :mod:`.data` (data sets present),
 :mod:`.batches` (batch sizes, over the trial values of :mod:`.variants`) and
 :mod:`.cluster` (Ray address, connection, resources, workers, device).
 
@@ -14,19 +14,20 @@ value and what is allowed (the CLI exits with status 2), and every wait has a li
 2. :func:`check_tracking_server`: an ``http(s)`` tracking server answers a read-only
    request (``experiments/search``, sent with the credentials MLflow's client uses,
    not retried) within :data:`TRACKING_TIMEOUT_S`, and accepts the credentials.
-3. :func:`check_trial_data`, that is :func:`check_device_names`, :func:`check_data` and
+3. :func:`check_storage`: a local ``--storage`` folder can be created and written.
+4. :func:`check_trial_data`, that is :func:`check_device_names`, :func:`check_data` and
    :func:`check_batch_sizes`: the device is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
    every data set a trial may load is present (files looked for the way
    ``samtune.data``'s loaders look, nothing read); every batch a trial may use -- fixed,
    grid cell or sampled, the last stage of a growing batch included, the upper bounds
    of Optuna distributions -- fits the training split.  Disk only, before Ray starts.
-4. :func:`resolve_ray_address` and :func:`check_ray_address`: ``--address`` (else
+5. :func:`resolve_ray_address` and :func:`check_ray_address`: ``--address`` (else
    ``$RAY_ADDRESS``; ``auto`` resolved the way Ray resolves it) accepts a TCP
    connection within :data:`RAY_CONNECT_TIMEOUT_S`; then :func:`connect_ray` runs
    ``ray.init`` in a worker thread and gives up after :data:`RAY_INIT_TIMEOUT_S`
    (Ray retries an unanswered GCS for many minutes).  A local Ray is started by
    ``ray.init`` in the main thread, bounded by Ray's own start-up timeouts.
-5. After ``ray.init``: :func:`check_resources` (some alive node has the CPUs and
+6. After ``ray.init``: :func:`check_resources` (some alive node has the CPUs and
    GPUs one trial asks for, a fraction of a GPU included; otherwise Tune would wait
    forever), :func:`check_workers` (the cluster places every worker of a data-parallel
    trial) and :func:`check_device` (``cuda`` needs GPUs in the cluster and
@@ -59,6 +60,7 @@ from samtune.search.preflight.cluster import (
 )
 from samtune.search.preflight.data import check_data, check_dataset_present, imagefolder_train_size
 from samtune.search.preflight.shared import last_line
+from samtune.search.preflight.storage import check_storage
 from samtune.search.preflight.tracking import (
     MLFLOW_SCHEMES,
     SERVER_SCHEMES,
@@ -88,7 +90,8 @@ __all__ = [
     "SERVER_SCHEMES", "TRACKING_TIMEOUT_S",
     "RayAddress", "Variant",
     "check_batch_sizes", "check_data", "check_dataset_present", "check_device", "check_device_names",
-    "check_ray_address", "check_resources", "check_tracking_server", "check_tracking_uri", "check_trial_data",
+    "check_ray_address", "check_resources", "check_storage", "check_tracking_server", "check_tracking_uri",
+    "check_trial_data",
     "check_workers", "cluster_nodes", "connect_ray", "imagefolder_train_size", "largest_batch",
     "last_line", "plugin_schemes", "resolve_ray_address", "uri_scheme", "variants",
 ]
