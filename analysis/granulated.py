@@ -10,7 +10,8 @@ NeurIPS 2020, §3): for two trials a, b,
     e(a, b) = ½ (1 − sgn(C_a − C_b) · sgn(g_a − g_b))   (a tie counts ½);
 an *environment pair* is two hyperparameter settings that differ in one axis; its
 sign-error is e averaged over the seeds run at both settings (pairs share a seed).
-We report the mean over environment pairs and the worst (max) one.
+We report the mean over environment pairs, the worst (max) one, and the share of
+environment pairs whose sign-error is above ½ (the distribution's robust summary).
 
 "Every other parameter" means every parameter that varies across the trials,
 the seed included; run settings (device, threads…) are ignored. TPE trials
@@ -75,7 +76,7 @@ def axis_agreement(trials: pd.DataFrame, axis: str, keys: Sequence[str],
         return AxisAgreement(axis, 0, 0, np.nan, np.nan, np.nan,
                              f"not available: no two trials differ in {axis} only (all other searched "
                              "parameters and the seed equal); TPE/random searches rarely give such "
-                             "pairs, a grid does")
+                             "pairs, a grid or design: {coupled: true} does")
     taus = [stats.kendalltau(g[measure], g[target]).statistic for g in groups]
     finite = [t for t in taus if np.isfinite(t)]
     env_errors = _environment_sign_errors(groups, axis, keys, measure, target)
@@ -130,12 +131,19 @@ def granulated_agreement(trials: pd.DataFrame, axes: Sequence[str], keys: Sequen
                       float(np.max(pooled)), pairs, note, per_axis)
 
 
+def wrong_sign_share(environment_errors: Sequence[float]) -> float:
+    """Dziugaite et al.'s robust view: the share of environment pairs whose sign-error is
+    above ½, where the measure orders the pair the wrong way more often than not."""
+    return float(np.mean(np.asarray(environment_errors) > 0.5)) if len(environment_errors) else np.nan
+
+
 def agreement_table(results: dict[tuple[str, str], Granulated]) -> pd.DataFrame:
     """Long table: one row per (measure, target, axis)."""
     rows = [{"measure": m, "target": t, "axis": a.axis, "groups": a.groups, "pairs": a.pairs,
              "psi": a.psi, "sign_error_mean": a.sign_error_mean,
-             "sign_error_worst": a.sign_error_worst, "note": a.note}
+             "sign_error_worst": a.sign_error_worst, "wrong_sign_share": wrong_sign_share(a.environment_errors),
+             "note": a.note}
             for (m, t), g in results.items() for a in g.axes]
     columns = ["measure", "target", "axis", "groups", "pairs", "psi", "sign_error_mean",
-               "sign_error_worst", "note"]
+               "sign_error_worst", "wrong_sign_share", "note"]
     return pd.DataFrame(rows, columns=columns)

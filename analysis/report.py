@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import definitions, embed, figures, interactive, probes, schema
+from analysis import definitions, embed, figures, interactive, noise_floor, probes, schema
 from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, TrainingFit, exclusion_phrases
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
@@ -294,6 +294,8 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
     if search is not None:
         sections += search.sections
     sections.append(_axes_section(axes, results, targets[0]))
+    if noise_floor.replicated(table.usable, axes):
+        sections += _noise_floor_sections(table.usable, axes, targets, measures, options)
     if not table.split_measures:
         sections.append(_definitions_section(table))
     sections.append(_trials_section(table))
@@ -310,10 +312,40 @@ def _axes_section(axes: Sequence[str], results: FitResults, target: str) -> Sect
         return Section("One-axis comparisons", (
             f"No two trials differ in one searched axis only ({', '.join(axes)}), with every other "
             "parameter and the seed equal, so the granulated Kendall Ψ and the sign-error are not "
-            "available. TPE and random searches rarely produce such pairs; a grid search does.",))
+            "available. TPE and random searches rarely produce such pairs; a grid search, or an Optuna "
+            "search with `design: {coupled: true}`, does.",))
     text = (f"Per searched axis, against {target}: groups of trials equal in every other parameter "
-            "(seed included), the pairs they contain, ψ and the sign-errors.",)
+            "(seed included), the pairs they contain, ψ, the sign-errors (mean and worst over environment "
+            "pairs) and the share of environment pairs the measure orders wrongly (sign-error above ½).",)
     return Section("One-axis comparisons", text, table=agreement.reset_index(drop=True))
+
+
+def _noise_floor_sections(usable: pd.DataFrame, axes: Sequence[str], targets: Sequence[str],
+                          measures: Sequence[str], options: FitOptions) -> tuple[Section, Section]:
+    """Configurations run under several seeds: their differences against the seed noise,
+    and each measure's τ over configuration means with the seed spread in its interval."""
+    floor = noise_floor.noise_floor_table(usable, [*targets, *measures], axes)
+    level = f"{options.confidence_level:.0%}"
+    rows = []
+    for measure in measures:
+        tau, low, high, n = noise_floor.mean_kendall(usable, measure, targets[0], axes, seed=options.seed,
+                                                     n_resamples=max(options.n_resamples, 200),
+                                                     level=options.confidence_level)
+        rows.append({"measure": measure, "configurations": n, "τ": tau, f"{level} CI": _ci(low, high)})
+    exceeding = [r.quantity for r in floor.itertuples() if r.verdict == "exceed seed noise"]
+    within = [r.quantity for r in floor.itertuples() if r.verdict != "exceed seed noise"]
+    floor_text = (
+        "Configurations (every varying hyperparameter but the seed) run under several seeds. Per quantity: the "
+        "spread across seeds within a configuration (pooled SD) against the spread of the configurations' means; "
+        "one-way ANOVA (F, p: the differences exceed seed noise when p < 0.05), ICC(1), and the configuration "
+        "pairs Tukey's HSD separates at 0.05.",
+        f"Differences between configurations exceed seed noise for: {', '.join(exceeding) or 'none'}; they are "
+        f"within seed noise for: {', '.join(within) or 'none'}.")
+    means_text = (f"Kendall's τ between each measure and {targets[0]} over the configurations' means (each "
+                  f"configuration's seeds averaged), with a {level} percentile interval from resampling each "
+                  "configuration's seeds with replacement: the seed noise carried into the interval.",)
+    return (Section("Seeds as the noise floor", floor_text, table=floor),
+            Section("Fits on configuration means", means_text, table=pd.DataFrame(rows)))
 
 
 def _definitions_section(table: TrialTable) -> Section:

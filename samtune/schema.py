@@ -149,6 +149,7 @@ EPOCH = "epoch"  # the record's epoch counter: MLflow's ``step``, not a metric
 COMPLETED, DIVERGED, PRUNED, FAILED, RUNNING = "completed", "diverged", "pruned", "failed", "running"
 TRIAL_STATUSES = (COMPLETED, DIVERGED, PRUNED, FAILED)
 # the MLflow run state each status ends a run in
+STATUS_RESULT_KEY = "samtune_status"  # the trial's status, in its last Ray Tune result
 RUN_END_STATE = MappingProxyType({COMPLETED: "FINISHED", DIVERGED: "FINISHED",
                                   PRUNED: "KILLED", FAILED: "FAILED"})
 
@@ -166,6 +167,7 @@ TAG_VERSION = "samtune.version"
 TAG_GIT_COMMIT = "samtune.git_commit"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_REPORTED_SEARCH = "samtune.search_run_id"  # on a report run: the search it reports
+TAG_SETTLED = "samtune.settled"  # on a search's parent run: its `until:` answer, once settled
 TAG_CHECKPOINT = "samtune.checkpoint"  # on a search's trial run: its last Ray checkpoint (folder or URI)
 # the Optuna study of an Optuna search (on its parent run): the storage optuna-dashboard opens, and the study
 TAG_OPTUNA_STORAGE = "samtune.optuna_storage"

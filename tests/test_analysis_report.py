@@ -209,6 +209,11 @@ def test_build_report_end_to_end(store, tmp_path):
     assert re.findall(r"<script [^>]*src=\"([^\"]*)\"", page) == ["plotly.min.js"]
     assert (out / "plotly.min.js").stat().st_size > 0 and not re.search(r"<link\b", page)
     assert "30 usable trials" in result.summary and "2 diverged" in result.summary
+    # three seeds per (rho, lr_shape): the seeds set the noise floor the configurations are held to
+    markdown = (out / "report.md").read_text()
+    assert "## Seeds as the noise floor" in markdown and "## Fits on configuration means" in markdown
+    exceeding = re.search(r"exceed seed noise for: ([^;]*);", markdown).group(1).split(", ")
+    assert "final_test_error" in exceeding and "sharpness_planted" in exceeding
 
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name(GRID)

@@ -89,6 +89,13 @@ def test_granulated_kendall_and_sign_error_match_hand_worked_example():
     assert result.sign_error_mean == pytest.approx(2 / 9)
     assert result.sign_error_worst == 1.0
     assert result.pairs == 9
+    # the robust view: of 9 environment pairs, 2 are ordered wrongly
+    from analysis.granulated import agreement_table, wrong_sign_share
+
+    assert wrong_sign_share([e for a in result.axes for e in a.environment_errors]) == pytest.approx(2 / 9)
+    table = agreement_table({("m", "g"): result}).set_index("axis")
+    assert table.loc["a", "wrong_sign_share"] == pytest.approx(1 / 6)
+    assert table.loc["b", "wrong_sign_share"] == pytest.approx(1 / 3)
 
 
 def test_sign_error_averages_over_seeds_per_pair_of_settings():

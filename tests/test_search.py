@@ -378,3 +378,25 @@ def test_pbt_population_records_lineage_and_its_replay_follows_the_schedule(tmp_
     for key in ("lr", "rho", "batch_size"):
         replayed = sorted((m.step, m.value) for m in client.get_metric_history(replays[0].info.run_id, key))
         assert replayed == [(int(float(row["epoch"])), float(row[key])) for row in schedule], key
+
+
+def test_a_coupled_optuna_search_gives_every_searched_key_its_pairs(tmp_path, mlflow_uri):
+    """design: {coupled: true} runs each sampled configuration's one-axis neighbours: the
+    report then has Ψ and sign-errors for every searched key of an Optuna search."""
+    import pandas as pd
+
+    from samtune.cli import main
+
+    uri = mlflow_uri
+    spec = make_spec("coupled-e2e", samples=1, design={"coupled": True, "points": 2},
+                     trial=TINY_TRIAL | {"sharpness": ["norm_param_l2"]},
+                     search={"rho": {"loguniform": [0.01, 0.3]}, "lr_shape": {"choice": ["constant", "cosine"]}})
+    assert spec.total_trials == 4  # the sample, rho at two points, lr_shape's other value
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray")) == 0
+    _, _, trials = children(uri, "coupled-e2e")
+    assert len(trials) == 4 and len({t.data.params["seed"] for t in trials}) == 1  # coupled: the seed shared
+    out = tmp_path / "report"
+    assert main(["report", "--tracking-uri", uri, "--out", str(out), "--max-train-error", "1"]) == 0
+    agreement = pd.read_csv(out / "granulated.csv")
+    pairs = agreement[agreement.measure == "norm_param_l2"].groupby("axis")["pairs"].max()
+    assert pairs.to_dict() == {"lr_shape": 1, "rho": 3}  # rho: three values in one group

@@ -86,11 +86,15 @@ def tune_domain(dist):
     return (tune.loguniform if isinstance(dist, LogUniform) else tune.uniform)(*dist.values)
 
 
-def _tune_config(spec: SearchSpec, study: tuple[StudyStorage, str] | None = None):
+def _tune_config(spec: SearchSpec, opened: SearchRun | None = None):
+    """Tune's config for ``spec``; ``opened`` (the search's runs) gives an Optuna search its
+    study storage and an ``until:`` question the run it writes its answer on."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    kwargs: dict[str, Any] = dict(num_samples=spec.samples, max_concurrent_trials=spec.concurrency,
+    # a grid repeats itself `samples` times; a design's groups count every trial they add
+    samples = spec.samples if spec.grid else spec.total_trials
+    kwargs: dict[str, Any] = dict(num_samples=samples, max_concurrent_trials=spec.concurrency,
                                   reuse_actors=True, trial_dirname_creator=_trial_dirname,
                                   trial_name_creator=_trial_name)
     if spec.mutated_keys:
@@ -107,12 +111,21 @@ def _tune_config(spec: SearchSpec, study: tuple[StudyStorage, str] | None = None
         metrics, modes = spec.objective.metrics, spec.objective.modes
         sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.objective.is_pareto
                    else optuna.samplers.TPESampler(seed=spec.seed))
-        storage, study_name = study or (None, None)
+        storage, study_name = (opened.study if opened else None) or (None, None)
         kwargs["search_alg"] = OptunaSearch(
             space=define_by_run(spec), sampler=sampler, study_name=study_name,
             storage=storage.open() if storage else None,
             metric=list(metrics) if spec.objective.is_pareto else metrics[0],
             mode=list(modes) if spec.objective.is_pareto else modes[0])
+        if not spec.design.is_plain:
+            from samtune.search.design_search import DesignSearch
+
+            kwargs["search_alg"] = DesignSearch(kwargs["search_alg"], spec)
+        if spec.until is not None:
+            from samtune.search.until_search import UntilSettled
+
+            kwargs["search_alg"] = UntilSettled(kwargs["search_alg"], spec.until, *(
+                (opened.tracker, opened.parent_run_id) if opened else ()))
     if spec.scheduler is not None:
         asha = spec.scheduler
         kwargs["scheduler"] = ASHAScheduler(
@@ -368,7 +381,7 @@ def _launch(spec: SearchSpec, opened: SearchRun, resources: dict[str, float], *,
         callbacks = [MlflowRunCloser(tracker, experiment_id, opened.parent_run_id),
                      SearchProgress(spec.objective.metrics[0], spec.objective.modes[0], spec.total_trials,
                                     unit=progress_unit(spec))]
-        tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec, opened.study),
+        tuner = tune.Tuner(bound, param_space=_param_space(spec), tune_config=_tune_config(spec, opened),
                            run_config=_run_config(spec, opened.storage_path, opened.ray_name,
                                                   callbacks))
     return _finish(spec, tuner.fit(), opened)
@@ -432,7 +445,8 @@ def _first_error(outcomes: list[TrialOutcome], opened: SearchRun) -> tuple[str, 
 
 def _finish(spec: SearchSpec, results, opened: SearchRun) -> int:
     finished = results.num_terminated + results.num_errors
-    interrupted = finished < spec.total_trials
+    settled = opened.tracker.run_tag(opened.parent_run_id, schema.TAG_SETTLED) if spec.until else None
+    interrupted = finished < (len(results) if settled else spec.total_trials)
     outcomes = trial_outcomes(results)
     status = exit_status(outcomes, interrupted)
     tracker = opened.tracker
@@ -451,6 +465,8 @@ def _finish(spec: SearchSpec, results, opened: SearchRun) -> int:
     tracker.end_search_run(opened.parent_run_id, metrics=summary,
                            state={130: "KILLED", 1: "FAILED"}.get(status, "FINISHED"))
     _print_summary(spec, best, metric, opened, finished, _counts(outcomes))
+    if settled:
+        print(f"the search stopped before its cap of {spec.total_trials} trials: {settled}")
     if status == 130:
         print(f"search interrupted after {finished}/{spec.total_trials} trials; finish it by running "
               f"the same command with --resume", file=sys.stderr)

@@ -35,7 +35,7 @@ from samtune.trial.lineage import LINEAGE_KEY, changes, extend, schedule_csv
 
 CHECKPOINT_FILE = schema.RAY_CHECKPOINT_FILE
 RUN_ID_KEY = "mlflow_run_id"  # the trial's MLflow run, stored in its checkpoints
-STATUS_KEY = "samtune_status"  # the trial's status in its last Tune result
+STATUS_KEY = schema.STATUS_RESULT_KEY
 
 
 def result_metrics(context: TrialContext, record: dict[str, float], final, epochs: int | None) -> dict[str, Any]:

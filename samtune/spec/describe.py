@@ -59,7 +59,12 @@ def _plan(spec: SearchSpec) -> str:
     if spec.mutated_keys:
         return (f"a population of {spec.samples} trials ({spec.scheduler_name} evolving "
                 f"{', '.join(spec.mutated_keys)} every {spec.scheduler.interval} epochs)")
-    return f"{spec.samples} Optuna TPE samples"
+    design = spec.design
+    if design.is_plain:
+        return f"{spec.samples} Optuna TPE samples"
+    parts = (["each with its one-axis neighbours"] if design.coupled else []) + (
+        [f"under {design.replicates} seeds"] if design.replicates > 1 else [])
+    return f"{spec.samples} Optuna TPE samples, {' and '.join(parts)}: at most {spec.total_trials} trials"
 
 
 def search_description(spec: SearchSpec) -> str:

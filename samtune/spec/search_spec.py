@@ -26,6 +26,7 @@ from pydantic import (
 
 from samtune import schema
 from samtune.config import make_trial_config
+from samtune.spec.design import Design, group_size
 from samtune.spec.distributions import Distribution, _check_when, _Distribution, _parents_first
 from samtune.spec.grid import (
     BundleAxis,
@@ -40,6 +41,7 @@ from samtune.spec.grid import (
 from samtune.spec.objective import Objective, reported_metrics
 from samtune.spec.resources import Resources, _check_loader_cpus, _check_worker_batches
 from samtune.spec.schedulers import Pbt, SchedulerSection, _check_population, asha_max_t, scheduler_section
+from samtune.spec.until import Until
 from samtune.spec.values import (
     MeasureKey,
     NonNegativeInt,
@@ -49,6 +51,31 @@ from samtune.spec.values import (
     _refuse_invalid_value,
     _Section,
 )
+
+
+def _check_design(spec: SearchSpec) -> None:
+    """A design shapes what the Optuna sampler gives; it needs one, and every trial it adds run to the end."""
+    if spec.design.is_plain:
+        return
+    if not spec.search or spec.grid:
+        raise ValueError("design applies to an Optuna search (`search`); a grid has its one-axis pairs already, "
+                         "and replicates there are a grid axis `seed: [0, 1, 2]`")
+    if spec.scheduler is not None:
+        raise ValueError(f"design with scheduler = {spec.scheduler_name}: a trial stopped early would leave its "
+                         f"pairs unmatched; use scheduler: none")
+    if spec.design.replicates > 1 and "seed" in spec.searched_keys:
+        raise ValueError("design.replicates with a searched seed: replicates choose the seeds")
+
+
+def _check_until(spec: SearchSpec, allowed: tuple[str, ...]) -> None:
+    if spec.until is None:
+        return
+    if not spec.search or spec.grid or spec.mutated_keys:
+        raise ValueError("until applies to an Optuna search (`search`): a grid or a population runs all its trials")
+    for key in ("measure", "target"):
+        if getattr(spec.until, key) not in allowed:
+            raise ValueError(f"until.{key} = {getattr(spec.until, key)!r} is never reported by a trial; "
+                             f"allowed: {', '.join(allowed)}")
 
 
 def _keep_models(value: Any) -> str | int:
@@ -91,6 +118,8 @@ class SearchSpec(_Section):
     # which trials' final models stay in MLflow as logged models
     keep_models: Annotated[str | int, BeforeValidator(_keep_models)] = schema.KEEP_ALL_MODELS
     equal_budget: EqualBudget | None = None
+    design: Design = Field(default_factory=Design)
+    until: Until | None = None  # keep launching trials, up to `samples`, until the question is settled
     source: str = ""
     _budget: int | None = PrivateAttr(None)
 
@@ -172,6 +201,8 @@ class SearchSpec(_Section):
             self._budget = _equal_budget(self)
         _check_loader_cpus(base.loader_workers, self.resources)
         _check_worker_batches(self)
+        _check_design(self)
+        _check_until(self, allowed)
         return self
 
     @property
@@ -214,7 +245,10 @@ class SearchSpec(_Section):
 
     @property
     def total_trials(self) -> int:
-        return grid_size(self) * self.samples if self.grid else self.samples
+        """Trials the search runs (at most, under a design whose neighbours may be inactive)."""
+        if self.grid:
+            return grid_size(self) * self.samples
+        return self.samples * group_size(self.search, self.design)
 
     def grid_axes(self) -> dict[str, list]:
         """Axis -> the values ``tune.grid_search`` iterates over (bundle names for an axis of bundles)."""
@@ -231,4 +265,6 @@ class SearchSpec(_Section):
             "samples": self.samples, "concurrency": self.concurrency, "resources": dict(self.resources),
             "scheduler": scheduler, "seed": self.seed, "max_failures": self.max_failures,
             "keep_models": self.keep_models,
-        } | ({"equal_budget": self.equal_budget.model_dump()} if self.equal_budget else {})
+        } | ({"design": self.design.model_dump()} if not self.design.is_plain else {}) | (
+            {"until": self.until.model_dump()} if self.until else {}) | (
+            {"equal_budget": self.equal_budget.model_dump()} if self.equal_budget else {})
