@@ -272,6 +272,7 @@ def cmd_ui(args) -> int:
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     server = subprocess.Popen(command, env=env)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the server with us
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background, SIGINT ignored
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -176,7 +176,7 @@ TAG_OPTUNA_STUDY = "samtune.optuna_study"
 TAG_NOTE = "mlflow.note.content"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # the UI's model-training view
-SYSTEM_METRICS_INTERVAL_S = 5  # how often a trial samples CPU, memory and GPU use for its run
+SYSTEM_METRICS_INTERVAL_S = 2  # how often a trial samples CPU, memory and GPU use for its run
 
 ARTIFACT_SEARCH_SPEC = "search.yaml"
 ARTIFACT_CONFIG = "config.yaml"

@@ -45,7 +45,7 @@ def test_ui_address_is_the_server_or_the_host_and_port_served():
     assert ui_address("sqlite:////tmp/x/mlflow.db") == "http://127.0.0.1:5000"
     assert ui_address("sqlite:////tmp/x/mlflow.db", "0.0.0.0", 8080) == "http://0.0.0.0:8080"
     assert ui_address("https://mlflow.example.org:5443/") == "https://mlflow.example.org:5443"
-    assert runs_url("http://10.0.0.5:5055", "7") == "http://10.0.0.5:5055/#/experiments/7/runs"
+    assert runs_url("http://10.0.0.5:5055", "7") == "http://10.0.0.5:5055/#/experiments/7?workflowType=machine_learning"
 
 
 def test_ui_listens_where_it_says(monkeypatch, capsys, tmp_path):

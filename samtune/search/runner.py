@@ -94,9 +94,10 @@ def _tune_config(spec: SearchSpec, opened: SearchRun | None = None):
 
     # a grid repeats itself `samples` times; a design's groups count every trial they add
     samples = spec.samples if spec.grid else spec.total_trials
+    searcher_numbers = bool(spec.search) and not spec.mutated_keys  # Optuna: a searcher counts from 1
     kwargs: dict[str, Any] = dict(num_samples=samples, max_concurrent_trials=spec.concurrency,
                                   reuse_actors=True, trial_dirname_creator=_trial_dirname,
-                                  trial_name_creator=_trial_name)
+                                  trial_name_creator=TrialNamer(first=1 if searcher_numbers else 0))
     if spec.mutated_keys:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -160,9 +161,17 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trial_name(trial) -> str:
-    """Tune's experiment tag starts with the trial's number in the search: it names the trial's run."""
-    return tune_trial_name(trial.experiment_tag.split("_", 1)[0] or trial.trial_id)
+@dataclass(frozen=True)
+class TrialNamer:
+    """Names each Tune trial by its number in the search, counted from 1: Tune's experiment
+    tag starts with it, counted from 0 by a grid's or a population's variant generator
+    (``first`` = 0) and from 1 by a searcher's."""
+
+    first: int
+
+    def __call__(self, trial) -> str:
+        counter = trial.experiment_tag.split("_", 1)[0]
+        return tune_trial_name(int(counter) + 1 - self.first if counter.isdigit() else trial.trial_id)
 
 
 def _run_config(spec: SearchSpec, storage: str, ray_name: str, callbacks):

@@ -1,6 +1,7 @@
-"""Trial run names that say what tells the trial apart: ``gsam ρ=0.021 α=0.044 ×2.15
-constant #3`` (the optimizer, then each searched key's value, then the trial's number
-in its search), so a run list in the MLflow UI reads like the search's table."""
+"""Trial run names that say what tells the trial apart: ``#3 ρ=0.0211 α=0.0442 ×2.15
+constant`` (the trial's number in its search, then each searched key's value; the
+optimizer too when it is searched), so a run list in the MLflow UI reads like the
+search's table."""
 
 from __future__ import annotations
 
@@ -17,15 +18,13 @@ _BARE = ("lr_shape", "optimizer", "model", "base_optimizer", "rho_schedule")
 
 
 def trial_run_name(values: Mapping[str, Any], searched: Iterable[str], number: int | None = None) -> str:
-    """The optimizer, each searched key's value and ``#number``."""
-    searched = [key for key in searched if key != "optimizer" and key in values]
-    parts = [str(values.get("optimizer", "trial"))]
-    for key in searched:
+    """``#number``, then each searched key's value: what tells the trial apart from the
+    others of its search, the number first so that a narrow column still shows it."""
+    parts = [f"#{number}"] if number is not None else []
+    for key in (k for k in searched if k in values):
         value = value_text(values[key])
         parts.append(value if key in _BARE else f"{_SYMBOLS.get(key, key + '=')}{value}")
-    if number is not None:
-        parts.append(f"#{number}")
-    return " ".join(parts)
+    return " ".join(parts) or str(values.get("optimizer", "trial"))
 
 
 TRIAL_NAME_PREFIX = "trial_"

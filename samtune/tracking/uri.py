@@ -36,6 +36,8 @@ def ui_address(uri: str, host: str = UI_HOST, port: int = UI_PORT) -> str:
 
 
 def runs_url(uri: str, experiment_id: str) -> str:
-    """The page that lists an experiment's runs in the UI of the store ``uri`` (MLflow 3.x
-    opens experiments on a GenAI overview page otherwise)."""
-    return f"{ui_address(uri)}/#/experiments/{experiment_id}/runs"
+    """The page that lists an experiment's runs in the UI of the store ``uri``, in the
+    model-training view: MLflow 3.17's UI opens every experiment in its GenAI view unless
+    the address (or an earlier click on "Model training") says otherwise, whatever the
+    experiment's ``mlflow.experimentKind`` tag."""
+    return f"{ui_address(uri)}/#/experiments/{experiment_id}?workflowType=machine_learning"
