@@ -101,8 +101,8 @@ def test_run_names_tell_the_searched_values_apart():
               "lr_shape": "constant", "epochs": 12}
     searched = ["rho", "alpha", "batch_growth_ratio", "lr_shape"]
     assert trial_run_name(values, searched, 3) == "#3 ρ=0.0211 α=0.0442 ×2.15 constant"
-    assert trial_run_name({"optimizer": "sgd", "schedule": "+C", "seed": 2}, ["optimizer", "schedule", "seed"]) \
-        == "sgd schedule=+C seed=2"
+    assert trial_run_name({"optimizer": "sgd", "schedule": "+C", "seed": 2, "adaptive": True},
+                          ["optimizer", "schedule", "seed", "adaptive"]) == "sgd +C seed=2 adaptive=True"
     assert trial_run_name({"optimizer": "gsam"}, []) == "gsam"  # nothing searched: what it is
     assert trial_number(tune_trial_name(12)) == 12 and trial_number("samtune_trial_83c8adbc") is None
 

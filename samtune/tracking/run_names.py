@@ -10,11 +10,10 @@ from typing import Any
 
 from samtune.display import value_text
 
-# how a searched key is written in a run name: a symbol before its value; a key not
-# listed is written key=value, a choice among words (lr_shape) by its value alone
+# how a searched number is written in a run name: a symbol before its value, else
+# key=value; a word (a choice such as lr_shape, a grid's bundle name) stands alone
 _SYMBOLS = {"rho": "ρ=", "alpha": "α=", "batch_growth_ratio": "×", "lr": "lr=", "weight_decay": "wd=",
             "momentum": "β=", "batch_size": "b=", "seed": "seed="}
-_BARE = ("lr_shape", "optimizer", "model", "base_optimizer", "rho_schedule")
 
 
 def trial_run_name(values: Mapping[str, Any], searched: Iterable[str], number: int | None = None) -> str:
@@ -22,8 +21,9 @@ def trial_run_name(values: Mapping[str, Any], searched: Iterable[str], number: i
     others of its search, the number first so that a narrow column still shows it."""
     parts = [f"#{number}"] if number is not None else []
     for key in (k for k in searched if k in values):
-        value = value_text(values[key])
-        parts.append(value if key in _BARE else f"{_SYMBOLS.get(key, key + '=')}{value}")
+        value = values[key]
+        word = isinstance(value, str)
+        parts.append(value if word else f"{_SYMBOLS.get(key, key + '=')}{value_text(value)}")
     return " ".join(parts) or str(values.get("optimizer", "trial"))
 
 
