@@ -4,7 +4,8 @@ Two numbers from one run on one machine:
 
 1. the default study (the bundled space ``default``: 16 GSAM trials on digits, two at a
    time) run twice with the same seed, ``keep_models: all`` (the default) and
-   ``keep_models: none``: the ratio of their wall times;
+   ``keep_models: none``: the ratio of their wall times (``--none-first`` swaps the order:
+   the first study also pays for cold caches, so take both orders);
 2. the time of one :func:`samtune.tracking.models.log_trial_model` call for the default
    trial's model (small_cnn) in a SQLite store, times the 16 trials, as a share of the
    first study's wall time (an upper bound: two trials log at once).
@@ -67,9 +68,15 @@ def one_model_log_seconds(repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--none-first", action="store_true",
+                        help="run keep_models=none first (the first study also pays for cold caches)")
     args = parser.parse_args()
-    with_models = study_seconds(schema.KEEP_ALL_MODELS, args.samples)
-    without = study_seconds(schema.KEEP_NO_MODELS, args.samples)
+    if args.none_first:
+        without = study_seconds(schema.KEEP_NO_MODELS, args.samples)
+        with_models = study_seconds(schema.KEEP_ALL_MODELS, args.samples)
+    else:
+        with_models = study_seconds(schema.KEEP_ALL_MODELS, args.samples)
+        without = study_seconds(schema.KEEP_NO_MODELS, args.samples)
     per_model = one_model_log_seconds(args.samples)
     print(f"\nmachine: {machine()}")
     print(f"default study, {args.samples} trials: keep_models=all {with_models:.1f} s, "
