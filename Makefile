@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 
 search: $(STAMP)
 	$(BIN)/samtune search
-	$(BIN)/samtune report  # the default search's experiment, into reports/<experiment>
+	$(BIN)/samtune report  # the search just run (the latest), into reports/<experiment>
 
 # two processes: the end-to-end tests (marker `slow`) in one, the unit tests in the other
 test: $(STAMP)

@@ -37,7 +37,8 @@ _SOURCE_HELP = ("a trial's MLflow run id (from samtune train or any search), a m
 def build_parser() -> argparse.ArgumentParser:
     from samtune import __version__
 
-    parser = argparse.ArgumentParser(prog="samtune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="samtune", description="Schedule searches for sharpness-aware "
+                                     "minimization on Ray Tune, Optuna and MLflow.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show the INFO lines of Ray, MLflow and the "
                         "other libraries on the terminal too (they always go to the log file: see samtune.logs)")
