@@ -42,6 +42,9 @@ class HyperParams(ScheduleParams):
     dataset: str = "digits"
     model: Literal[schema.MODELS] = "small_cnn"
     init: Literal[schema.INITS] = "default"
+    # the ResNets only: their stem (schema.RESNET_STEMS); unset, each model's own (resnet18:
+    # cifar; resnet50: by image size). cifar_maxpool: Khanh et al.'s ResNet-18
+    resnet_stem: Literal[schema.RESNET_STEMS] | None = None
     # the paper's ViTs only: stochastic depth, Shifted Patch Tokenization, Locality Self-Attention
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     vit_spt: bool = False
@@ -64,14 +67,24 @@ class HyperParams(ScheduleParams):
     # AutoAugment, RandomErasing 0.25, CutMix or MixUp on half the batches, 3 passes)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: bool = True  # random crop (padding image_size // 8) and horizontal flip
-    autoaugment: bool = False  # torchvision's AutoAugment, CIFAR-10 policy, per image
-    # where per-image policies (AutoAugment, RandomErasing) run: batched on the trial's
+    autoaugment: bool = False  # AutoAugment, CIFAR-10 policy, per image
+    # whose ops run it (schema.AUTOAUGMENT_POLICIES): torchvision's, or DeepVoltaire's as
+    # Harada's code copies it (gray fill, bicubic shear, rotation one way; RGB sets only)
+    autoaugment_policy: Literal[schema.AUTOAUGMENT_POLICIES] = "torchvision"
+    # the per-channel statistics images are normalized with (schema.NORMALIZATIONS): the
+    # set's own, or a named set (samtune.data.catalogue.NORMALIZATION_STATS); RGB sets held in memory
+    normalization: Literal[schema.NORMALIZATIONS] = "dataset"
+    # where per-image policies (AutoAugment, RandomErasing, Cutout) run: batched on the trial's
     # device (samtune.data.device_augment, checked against torchvision's ops; no worker
     # processes to starve the GPU), or image by image in DataLoader worker processes
     augment_pipeline: Literal[schema.PIPELINES] = "device"
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets a box erased
     random_erasing_max_area: float = Field(0.4, gt=0.02, le=1.0)  # of the image; the least is 0.02
     random_erasing_aspect: float = Field(0.3, gt=0.0, le=1.0)  # box aspect in [a, 1/a]
+    # Cutout as Khanh et al. run it: a square set to 0 after normalization, its centre on any
+    # pixel, clipped at the border
+    cutout_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets the square
+    cutout_size: int = Field(16, ge=1)  # the square's side in pixels
     cutmix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is CutMix-ed
     cutmix_alpha: float = Field(1.0, gt=0.0)  # CutMix's Beta(alpha, alpha) area ratio
     mixup_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is MixUp-ed
@@ -123,10 +136,10 @@ class HyperParams(ScheduleParams):
     @property
     def pipeline(self) -> str:
         """Where training batches are made (``schema.PIPELINES``): per-image policies
-        (AutoAugment, RandomErasing) where ``augment_pipeline`` says, batched on the
+        (AutoAugment, RandomErasing, Cutout) where ``augment_pipeline`` says, batched on the
         device or image by image in loader workers; crop and flip alone always batched
         on the trial's device."""
-        per_image = self.autoaugment or self.random_erasing > 0
+        per_image = self.autoaugment or self.random_erasing > 0 or self.cutout_prob > 0
         return self.augment_pipeline if per_image else "device"
 
     @property
@@ -199,15 +212,31 @@ def _check_recipe(hparams: HyperParams) -> None:
     if hparams.image_size is not None and not hparams.streams:
         raise ValueError(f"image_size = {hparams.image_size} sets the crop of a streamed data set; "
                          f"dataset = {hparams.dataset!r} is held in memory at its own size")
-    if hparams.streams and (hparams.autoaugment or hparams.random_erasing > 0):
-        raise ValueError("autoaugment and random_erasing run on in-memory data sets; a streaming data set "
-                         "gets ImageNet's transforms (random resized crop and flip)")
+    if hparams.streams and (hparams.autoaugment or hparams.random_erasing > 0 or hparams.cutout_prob > 0):
+        raise ValueError("autoaugment, random_erasing and cutout_prob run on in-memory data sets; a streaming data "
+                         "set gets ImageNet's transforms (random resized crop and flip)")
+    _check_reproduction_options(hparams)
     if hparams.optimizer in schema.ONE_PASS_OPTIMIZERS and (hparams.sam_start or hparams.sam_every != 1):
         raise ValueError(f"sam_start and sam_every choose when a SAM-family step takes its two passes; "
                          f"optimizer = {hparams.optimizer!r} always takes one")
     if hparams.cutmix_prob + hparams.mixup_prob > 1:
         raise ValueError(f"cutmix_prob + mixup_prob = {hparams.cutmix_prob} + {hparams.mixup_prob} "
                          "must be <= 1: a batch is CutMix-ed, MixUp-ed or neither")
+
+
+def _check_reproduction_options(hparams: HyperParams) -> None:
+    """A ResNet stem needs a ResNet; named statistics and Pillow's AutoAugment need RGB
+    images held in memory (digits has one channel; a streamed set has its own transforms)."""
+    if hparams.resnet_stem is not None and hparams.model not in schema.RESNET_MODELS:
+        raise ValueError(f"resnet_stem = {hparams.resnet_stem!r} applies to the ResNets only "
+                         f"({', '.join(schema.RESNET_MODELS)}); model = {hparams.model!r}")
+    rgb_in_memory = not hparams.streams and hparams.dataset != "digits"
+    if hparams.normalization != "dataset" and not rgb_in_memory:
+        raise ValueError(f"normalization = {hparams.normalization!r} names RGB statistics for a set held in memory; "
+                         f"dataset = {hparams.dataset!r} allows only 'dataset' (its own)")
+    if hparams.autoaugment and hparams.autoaugment_policy != "torchvision" and hparams.dataset == "digits":
+        raise ValueError(f"autoaugment_policy = {hparams.autoaugment_policy!r} runs Pillow's RGB ops (their gray "
+                         f"fill is an RGB color); dataset = 'digits' has one channel: use 'torchvision'")
 
 
 def _check_budget(hparams: HyperParams, schedule: TrialSchedule) -> None:

@@ -5,7 +5,10 @@ one of:
 
 - ``resnet18``: CIFAR ResNet-18 (3×3 stride-1 stem, no max-pool; BasicBlock
   [2, 2, 2, 2], widths 64..512), torchvision's ``resnet18`` with the stem
-  replaced.  11,173,962 parameters for 10 classes.
+  replaced.  11,173,962 parameters for 10 classes.  ``stem="cifar_maxpool"``
+  keeps torchvision's 3×3 stride-2 max-pool after the 3×3 stem: Khanh et al.'s
+  ResNet-18 (lhchau/fundamental-sam models/resnet.py since commit 3011e3c), the
+  same parameters on a 16×16 map from layer1 on.
 - ``resnet50``: torchvision's ``resnet50`` (Bottleneck [3, 4, 6, 3]); 25,557,032
   parameters for 1000 classes with the ImageNet stem.  Images of at most 64
   pixels get the CIFAR stem instead (23,705,252 parameters for 100 classes).
@@ -41,7 +44,7 @@ from torchvision.models import resnet50 as tv_resnet50
 from samtune import schema
 from samtune.checks import check_choice, check_int
 
-# Inputs at most this large get the CIFAR stem (3×3 stride 1, no max-pool):
+# Inputs at most this large get the CIFAR stem (3×3 stride 1, no max-pool) with stem="auto":
 # torchvision's ImageNet stem would shrink a 32×32 image to 1×1 by layer4.
 CIFAR_STEM_MAX_SIZE = 64
 
@@ -57,12 +60,16 @@ def _kaiming_conv_(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def _resnet_stem(model: nn.Module, in_channels: int, image_size: int, stem: str) -> nn.Module:
-    check_choice("stem", stem, ("auto", "cifar", "imagenet"))
+    """The stem ``stem`` (schema.RESNET_STEMS) on a torchvision ResNet: ``cifar`` a 3×3
+    stride-1 conv without the max-pool, ``cifar_maxpool`` the same conv followed by
+    torchvision's MaxPool2d(3, stride 2, padding 1), ``imagenet`` torchvision's own."""
+    check_choice("stem", stem, schema.RESNET_STEMS)
     if stem == "auto":
         stem = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
-    if stem == "cifar":
+    if stem in ("cifar", "cifar_maxpool"):
         model.conv1 = _kaiming_conv_(nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False))
-        model.maxpool = nn.Identity()
+        if stem == "cifar":
+            model.maxpool = nn.Identity()
     elif in_channels != 3:
         model.conv1 = _kaiming_conv_(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False))
     return model
@@ -72,7 +79,8 @@ def resnet18(
     *, num_classes: int, in_channels: int = 3, image_size: int = 32, stem: str = "cifar"
 ) -> nn.Module:
     """CIFAR ResNet-18: torchvision's network with a 3×3 stride-1 stem and no
-    max-pool (``stem="imagenet"`` or ``"auto"`` for larger images)."""
+    max-pool (``stem="cifar_maxpool"`` keeps the max-pool; ``"imagenet"`` or ``"auto"``
+    for larger images)."""
     return _resnet_stem(tv_resnet18(num_classes=num_classes), in_channels, image_size, stem)
 
 

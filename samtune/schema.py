@@ -101,6 +101,14 @@ MEASURES: Mapping[str, MeasureName] = MappingProxyType({m.name: m for m in (
     _sharp("hessian_trace", "stderr"),
     MeasureName("norm_param_l2", "norm_param_l2"),
     MeasureName("norm_dist_from_init", "norm_dist_from_init"),
+    # Andriushchenko et al. 2023: average case in the linf box, and the adaptive measures
+    # on logit-normalized losses (their --normalize_logits), each a definition of its own
+    _sharp("avg_linf", "stderr", per_batch=True),
+    _sharp("avg_linf_adaptive", "stderr", per_batch=True),
+    _sharp("worst_linf_adaptive_lognorm", per_batch=True),
+    _sharp("worst_l2_adaptive_lognorm", per_batch=True),
+    _sharp("avg_l2_adaptive_lognorm", "stderr", per_batch=True),
+    _sharp("avg_linf_adaptive_lognorm", "stderr", per_batch=True),
 )})
 
 # What every trial measures unless its config names others.
@@ -127,7 +135,7 @@ def measure_metric_names(names: tuple[str, ...] | None) -> tuple[str, ...]:
 # -- metrics -------------------------------------------------------------------------
 EPOCH_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "gen_gap", "lr",
                  "batch_size", "rho", "steps", "samples_seen", "gradient_evaluations",
-                 "epoch_seconds", "samples_per_second")
+                 "epoch_seconds", "samples_per_second", "workers")
 # per-epoch probes of Harada & Iiduka's theory (trial key ``probes``), on a fixed probe
 # set: ‖∇f_SAM(x)‖², the squared norm of the full-batch SAM/GSAM direction, and the mean
 # squared deviation of the mini-batch direction from it at the epoch's batch size
@@ -169,6 +177,8 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_REPORTED_SEARCH = "samtune.search_run_id"  # on a report run: the search it reports
 TAG_SETTLED = "samtune.settled"  # on a search's parent run: its `until:` answer, once settled
 TAG_CHECKPOINT = "samtune.checkpoint"  # on a search's trial run: its last Ray checkpoint (folder or URI)
+TAG_WORKERS = "samtune.workers"  # on a data-parallel trial run: its worker count, stage by stage
+TAG_STAGES_DONE = "samtune.stages_done"  # ... and how many stages it has trained (then samtune.checkpoint)
 # the Optuna study of an Optuna search (on its parent run): the storage optuna-dashboard opens, and the study
 TAG_OPTUNA_STORAGE = "samtune.optuna_storage"
 TAG_OPTUNA_STUDY = "samtune.optuna_study"
@@ -206,3 +216,16 @@ DEFAULT_SPACE = "default"
 UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `samtune ui` serves a local store unless told otherwise
 # the experiment of the default search: the `name` of the bundled space DEFAULT_SPACE
 DEFAULT_EXPERIMENT_SEARCH = "samtune-default"
+
+# -- reproduction options (trial keys autoaugment_policy, resnet_stem, normalization) --------
+# Whose ops run AutoAugment's CIFAR-10 sub-policies: torchvision's v2.AutoAugment (black fill,
+# nearest resampling, rotation either way), or DeepVoltaire/AutoAugment at commit 9d42ce9, the
+# copy Harada & Iiduka's code runs (Pillow: gray fill, bicubic shear, rotation one way)
+AUTOAUGMENT_POLICIES = ("torchvision", "deepvoltaire_9d42ce9")
+RESNET_MODELS = ("resnet18", "resnet50")  # the models a resnet_stem applies to
+# the ResNet stems (samtune.models): by image size, 3x3 stride 1 without or with the 3x3
+# stride-2 max-pool (Khanh et al.'s ResNet-18), ImageNet's 7x7 stride 2 and max-pool
+RESNET_STEMS = ("auto", "cifar", "cifar_maxpool", "imagenet")
+# the per-channel statistics images are normalized with: the data set's own (its catalogue
+# entry), or a named set of samtune.data.catalogue.NORMALIZATION_STATS
+NORMALIZATIONS = ("dataset", "cifar10_kuangliu")

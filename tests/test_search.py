@@ -341,6 +341,82 @@ def test_two_worker_trials_record_one_run_each_and_resume_to_the_same_weights(tm
     assert again["norm_param_l2"] == pytest.approx(finals[0]["norm_param_l2"], rel=1e-6)
 
 
+def growing_trial_failing_at_and_across_a_boundary(marker_dir):
+    """The data-parallel trainable whose trial with eval_batch_size 512 fails twice: rank 0
+    raises right after reporting epoch 1, the last of the first stage (at a boundary), and
+    then as the third stage starts, before it reports anything (so the retry crosses the
+    second boundary again)."""
+    from samtune.search.parallel import samtune_parallel_trial, train_worker
+
+    def once(name):
+        try:
+            os.close(os.open(os.path.join(marker_dir, name), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
+
+    def worker_loop(loop_config):
+        from unittest import mock
+
+        import ray.train
+
+        report = ray.train.report
+        faulty = loop_config["values"]["eval_batch_size"] == 512 and ray.train.get_context().get_world_rank() == 0
+        if faulty and loop_config["until"] == 3 and once("across"):
+            raise RuntimeError("injected fault as the third stage starts")
+
+        def report_then_fail(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            if faulty and metrics.get("epoch") == 1 and once("boundary"):
+                raise RuntimeError("injected fault at the end of the first stage")
+
+        with mock.patch.object(ray.train, "report", report_then_fail):
+            train_worker(loop_config)
+
+    def trainable(hparams, context):
+        samtune_parallel_trial(hparams, context, worker_loop=worker_loop)
+
+    return trainable
+
+
+def test_trials_whose_workers_grow_share_the_cluster_and_resume_across_boundaries(tmp_path, mlflow_uri):
+    """Two trials on 1, 2 and 4 workers (a stage an epoch); 4 workers take 1.2 of the 2
+    CPUs, so only while one is in its small stages can both train at once.  One fails
+    at and across a stage boundary and is retried; it ends on its twin's weights."""
+    from samtune import schema
+
+    uri = mlflow_uri
+    markers = tmp_path / "faults"
+    markers.mkdir()
+    spec = make_spec("growing-e2e", samples=1, max_failures=2,
+                     resources={"cpu": 0.3, "per_worker_batch": 32, "max_workers": 4},
+                     trial=TINY_TRIAL | {"epochs": 3, "batch_size": 32, "batch_growth_ratio": 2.0,
+                                         "batch_stages": 3, "optimizer": "gsam"},
+                     grid={"eval_batch_size": [256, 512]})
+    assert run_search(spec, tracking_uri=uri, storage=str(tmp_path / "ray"),
+                      trainable=growing_trial_failing_at_and_across_a_boundary(str(markers))) == 0
+    client, _, trials = children(uri, "growing-e2e")
+    assert len(trials) == 2 and {p.name for p in markers.iterdir()} == {"boundary", "across"}
+    finals, spans = [], []
+    for run in trials:
+        assert run.data.tags["samtune.status"] == "completed"
+        assert run.data.tags[schema.TAG_WORKERS] == "1 (epochs 1-1), 2 (epochs 2-2), 4 (epochs 3-3)"
+        workers = sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, "workers"))
+        assert [(step, value) for step, value, _ in workers] == [(1, 1), (2, 2), (3, 4)]  # each epoch once
+        seen = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "samples_seen"))
+        assert seen == [(1, 24 * 32), (2, 24 * 32 + 12 * 64), (3, 24 * 32 + 12 * 64 + 6 * 128)]
+        spans.append((workers[0][2], workers[-1][2]))
+        finals.append({k: v for k, v in run.data.metrics.items() if k.startswith(("final_", "sharpness_", "norm_"))})
+    # the twice-retried trial ends on its twin's weights (its test loss sums its shard in
+    # batches of 512, not 256: another rounding)
+    loss = [f.pop("final_test_loss") for f in finals]
+    assert finals[0] == finals[1] and loss[0] == pytest.approx(loss[1], rel=1e-6)
+    assert all(run.data.tags[schema.TAG_STAGES_DONE] == "2" for run in trials)  # the third ended the trial
+    # each trained its first stage before the other ended: fixed at 4 workers, they could not
+    # have trained at once (2 x 1.2 CPUs); the small stages left room for the other trial
+    assert max(first for first, _ in spans) < min(last for _, last in spans)
+
+
 def artifact_text(client, run_id, name):
     from pathlib import Path
 

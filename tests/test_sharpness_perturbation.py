@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import brentq
+from tml_sharpness import reference_m_apgd
 from torch import nn
 
 from samtune import sharpness
@@ -176,6 +177,18 @@ def test_adaptive_average_case_of_quadratic_scales_noise_by_weights():
     assert abs(result.value - truth) < 4 * result.stderr
 
 
+def test_average_box_of_quadratic_is_sixth_of_rho_squared_trace():
+    # δ_i = ρ c_i (2u_i − 1) has variance ρ² c_i²/3, so E ½δᵀAδ = (ρ²/6) Σ A_ii c_i²
+    a = spd([2.0, 1.0, 0.5, 0.25])
+    w = np.array([1.0, -2.0, 0.5, 3.0])
+    rho = 0.1
+    for adaptive, c2 in ((False, np.ones(4)), (True, w ** 2)):
+        result = sharpness.average_box(Echo(w), quadratic_loss(a, w), DUMMY, rho=rho,
+                                       adaptive=adaptive, samples=2000)
+        truth = rho ** 2 / 6 * np.sum(np.diag(a) * c2)
+        assert abs(result.value - truth) < 4 * result.stderr
+
+
 # -- Keskar and ascent ----------------------------------------------------------
 
 
@@ -286,73 +299,6 @@ def test_bad_batches_and_losses_are_refused():
 
 
 # -- fidelity to the reference APGD -------------------------------------------------
-
-
-def reference_m_apgd(model, loss_f, batches, rho, n_iters, norm, adaptive):
-    """A literal transcription of ``eval_APGD_sharpness`` (rand_init off) from
-    tml-epfl/sharpness-vs-generalization ``sharpness.py``: it writes the
-    perturbation into the model, re-evaluates the loss after each step and
-    reloads the best state dict when halving."""
-    import math
-
-    model.eval()
-    p_, w_ = [0, 0.22], [0, math.ceil(n_iters * 0.22)]
-    while w_[-1] < n_iters and w_[-1] != w_[-2]:
-        p_.append(p_[-1] + max(p_[-1] - p_[-2] - 0.03, 0.06))
-        w_.append(math.ceil(p_[-1] * n_iters))
-    checkpoints = w_[1:]
-    orig_state = copy.deepcopy(model.state_dict())
-    orig = {p: p.detach().clone() for p in model.parameters()}
-    scale = {p: (orig[p].abs() if adaptive else torch.ones_like(p)) for p in orig}
-
-    def loss_now(x, y):
-        with torch.no_grad():
-            return loss_f(model(x), y).item()
-
-    total = 0.0
-    for x, y in batches:
-        init_loss = loss_now(x, y)
-        delta = {p: torch.zeros_like(p) for p in orig}
-        prev = {p: d.clone() for p, d in delta.items()}
-        worst_state = copy.deepcopy(model.state_dict())
-        prev_worst = worst = init_loss
-        step = prev_step = 2 * rho
-        prev_cp, n_up = 0, 0
-        for i in range(n_iters):
-            backup = {p: d.clone() for p, d in delta.items()}
-            model.zero_grad()
-            loss_f(model(x), y).backward()
-            with torch.no_grad():
-                if norm == "l2":
-                    gnorm = sum(p.grad.norm() ** 2 for p in orig) ** 0.5
-                    for p in orig:
-                        delta[p] += step / (gnorm + 1e-12) * p.grad * scale[p]
-                    dnorm = sum((delta[p] ** 2).sum() for p in orig) ** 0.5
-                    if dnorm > rho:
-                        for p in orig:
-                            delta[p] *= rho / dnorm
-                else:
-                    for p in orig:
-                        delta[p] += step * p.grad.sign() * scale[p]
-                        delta[p] = torch.max(torch.min(delta[p], scale[p] * rho),
-                                             -scale[p] * rho)
-                for p in orig:
-                    delta[p] = 0.75 * delta[p] + 0.25 * prev[p]
-                    p.data = orig[p] + delta[p]
-                prev = backup
-            current = loss_now(x, y)
-            if current > worst:
-                worst, worst_state, n_up = current, copy.deepcopy(model.state_dict()), n_up + 1
-            if i in checkpoints:
-                cond1 = n_up < 0.75 * (i - prev_cp)
-                cond2 = prev_step == step and prev_worst == worst
-                prev_step, prev_worst, prev_cp, n_up = step, worst, i, 0
-                if cond1 or cond2:
-                    step *= 0.5
-                    model.load_state_dict(worst_state)
-        total += worst - init_loss
-        model.load_state_dict(orig_state)
-    return total / len(batches)
 
 
 @pytest.mark.parametrize("norm, adaptive, rho", [

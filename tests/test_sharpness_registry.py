@@ -15,6 +15,9 @@ FAST = {
     "harada": {"steps": 3}, "worst_linf": {"steps": 3}, "worst_linf_adaptive": {"steps": 3},
     "worst_l2": {"steps": 3}, "worst_l2_adaptive": {"steps": 3},
     "avg_l2": {"samples": 3}, "avg_l2_adaptive": {"samples": 3}, "avg_sphere": {"samples": 3},
+    "worst_linf_adaptive_lognorm": {"steps": 3}, "worst_l2_adaptive_lognorm": {"steps": 3},
+    "avg_l2_adaptive_lognorm": {"samples": 3}, "avg_linf": {"samples": 3},
+    "avg_linf_adaptive": {"samples": 3}, "avg_linf_adaptive_lognorm": {"samples": 3},
     "keskar": {"steps": 3}, "hessian_max_eig": {"iters": 4},
     "hessian_trace": {"samples": 3, "deflation": 2},
 }

@@ -325,7 +325,7 @@ def test_data_parallel_workers_split_every_stage_of_the_global_batch():
                                        trial={"batch_size": 16, "batch_growth_ratio": 2.0, "batch_stages": 3}))
     assert (spec.workers, spec.worker_resources) == (4, {"cpu": 1})
     with pytest.raises(ConfigError, match=r"batch 24 \(a stage of its growing batch\) does not split evenly across "
-                                          r"resources.workers = 16"):
+                                          r"its 16 workers \(resources.workers = 16\)"):
         parse_search_spec(spec_with(resources={"workers": 16}, search=None,
                                     trial={"batch_size": 16, "batch_growth_ratio": 1.5, "batch_stages": 2}))
     with pytest.raises(ConfigError, match=r"grid cell \{batch_size: 18\}: batch 18 does not split"):
@@ -339,12 +339,38 @@ def test_data_parallel_workers_split_every_stage_of_the_global_batch():
     assert "workers" not in parse_search_spec(spec_with()).resources  # one worker: as before
 
 
-def test_imagenet_space_is_eight_worker_trials_of_the_cnn_script():
+def test_workers_that_grow_with_the_batch_plan_one_stage_per_count():
+    spec = parse_search_spec(spec_with(resources={"cpu": 1, "per_worker_batch": 32, "max_workers": 4}, search=None,
+                                       trial={"epochs": 8, "batch_size": 16, "batch_growth_ratio": 2.0,
+                                              "batch_stages": 4}))
+    assert spec.layout.data_parallel and spec.workers == 4 and spec.worker_resources == {"cpu": 1}
+    # batches 16, 32, 64, 128: one worker until the batch outgrows 32 images, then one per 32
+    assert [(s.first, s.end, s.workers) for s in spec.layout.stages(spec.trial)] == [(0, 4, 1), (4, 6, 2), (6, 8, 4)]
+    assert "epochs 1-4 on 1, epochs 5-6 on 2, epochs 7-8 on 4" in describe(spec)
+    with pytest.raises(ConfigError, match=r"batch 45 .* across its 2 workers \(resources.per_worker_batch = 40\)"):
+        parse_search_spec(spec_with(resources={"per_worker_batch": 40, "max_workers": 4}, search=None,
+                                    trial={"epochs": 2, "batch_size": 45, "batch_stages": 1,
+                                           "batch_growth_ratio": 1.0}))
+    refusals = [({"workers": 2, "per_worker_batch": 32, "max_workers": 4}, "both set the worker count"),
+                ({"per_worker_batch": 32}, "per_worker_batch is given without resources.max_workers"),
+                ({"max_workers": 4}, "max_workers is given without resources.per_worker_batch"),
+                ({"sync_batchnorm": True}, "sync_batchnorm = true needs a fixed worker count"),
+                ({"per_worker_batch": 0, "max_workers": 2}, "per_worker_batch")]
+    for resources, message in refusals:
+        with pytest.raises(ConfigError, match=message):
+            parse_search_spec(spec_with(resources=resources, search=None))
+    assert parse_search_spec(spec_with(resources={"workers": 2, "sync_batchnorm": True},
+                                       search=None)).layout.sync_batchnorm
+
+
+def test_imagenet_space_grows_its_workers_with_the_batch():
     spec = load_search_spec("harada2024_imagenet_resnet50")
     assert spec.workers == 8 and spec.worker_resources["gpu"] == 1
+    plus_b = next(c for c in spec.cells() if c["batch_size"] == 16)
+    assert [(s.workers, s.end - s.first) for s in spec.layout.stages(plus_b)] == [(1, 80), (2, 40), (4, 40), (8, 40)]
     cells = spec.cells()
     assert len(cells) == 9 and {c["dataset"] for c in cells} == {"imagenet"}
     assert {(c["lr"], c["momentum"], c["weight_decay"], c["rho"], c["alpha"]) for c in cells} == {
         (0.1, 0.0, 0.0, 0.05, 0.02)}
     text = describe(spec)
-    assert "8 data-parallel workers of 6 CPU, 1 GPU" in text and "m = batch / 8" in text
+    assert "workers grow with the batch: batch / 32 of them, at most 8, each of 6 CPU, 1 GPU" in text

@@ -1,10 +1,11 @@
-"""The ViT recipe's augmentations: a per-image transform and per-batch CutMix / MixUp.
+"""The recipes' augmentations: a per-image transform and per-batch CutMix / MixUp.
 
 `image_transform` is Harada & Iiduka's (2024) ViT pipeline (iiduka-researches/GSAM_batch_inc,
 utils/dataset.py) in torchvision.transforms.v2: RandomHorizontalFlip, RandomCrop(padding),
-AutoAugment (CIFAR-10 policy), to float, Normalize, RandomErasing. It runs on one uint8 CHW
-image; `seeded` makes every draw come from a seed given with the image, so the result does
-not depend on which process applies it.
+AutoAugment (CIFAR-10 policy, torchvision's ops or DeepVoltaire's), to float, Normalize,
+RandomErasing; and Khanh et al.'s (2024) Cutout after Normalize (lhchau/fundamental-sam,
+dataloader/cifar10.py). It runs on one uint8 CHW image; `seeded` makes every draw come from
+a seed given with the image, so the result does not depend on which process applies it.
 
 `BatchMixer` CutMix-es or MixUp-s a whole batch on the trial's device (their utils/mix.py and
 main_ViT.py), returning soft labels; cross-entropy with soft labels is their mixed loss.
@@ -19,9 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-# The least erased area of RandomErasing, as a fraction of the image (Zhong et al.'s s_l).
-ERASING_MIN_AREA = 0.02
+from samtune.data.device_augment import (
+    DEEPVOLTAIRE_POLICY,
+    ERASING_MIN_AREA,
+    TORCHVISION_POLICY,
+    autoaugment,
+    draw_autoaugment,
+)
 
 
 def image_transform(
@@ -32,25 +39,33 @@ def image_transform(
     std: Sequence[float],
     crop_flip: bool = True,
     autoaugment: bool = False,
+    autoaugment_policy: str = TORCHVISION_POLICY,
     erasing: float = 0.0,
     erasing_max_area: float = 0.4,
     erasing_aspect: float = 0.3,
+    cutout_prob: float = 0.0,
+    cutout_size: int = 16,
 ) -> v2.Compose:
-    """uint8 (C, H, W) image -> normalized float32 image, the paper's order of operations.
+    """uint8 (C, H, W) image -> normalized float32 image, the papers' order of operations.
 
     Crop padding is black (fill 0 before normalization), as torchvision's RandomCrop pads a
-    PIL image. Two departures from the paper's own RandomErasing (utils/random_erasing.py):
-    the erased box is set to 0 *after* normalization, i.e. to the data set's mean pixel,
-    where theirs writes the mean values themselves into the normalized image (a quirk: a
-    nearly black box); and torchvision draws the aspect ratio log-uniformly in [a, 1/a] with
-    10 tries for a box that fits, theirs uniformly with 100 tries. A box that does not fit
-    in 10 tries leaves the image unerased, so with max area 0.4 on 32x32 images slightly
-    fewer than `erasing` of the images are erased.
+    PIL image. Two departures from Harada's own RandomErasing (utils/random_erasing.py): the
+    erased box is set to 0 *after* normalization, i.e. to the data set's mean pixel (about
+    RGB(129, 124, 112) on CIFAR-100), where theirs writes the mean values themselves into
+    the normalized image (lines 35-37: 0.507, 0.487, 0.441 in every erased pixel), which is
+    a light box of about RGB(164, 156, 143) once de-normalized; and torchvision draws the
+    aspect ratio log-uniformly in [a, 1/a] with 10 tries for a box that fits, theirs
+    uniformly with 100 tries (lines 19-23). A box that does not fit in 10 tries leaves the
+    image unerased, so with max area 0.4 on 32x32 images slightly fewer than `erasing` of
+    the images are erased. Cutout comes last (after RandomErasing when both are on; both
+    set their boxes to 0, so the order does not matter).
     """
     steps: list[Any] = []
     if crop_flip:
         steps += [v2.RandomHorizontalFlip(), v2.RandomCrop(size, padding=pad, fill=0)]
-    if autoaugment:
+    if autoaugment and autoaugment_policy == DEEPVOLTAIRE_POLICY:
+        steps.append(DeepVoltaireAutoAugment())
+    elif autoaugment:
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     if erasing > 0:
@@ -58,7 +73,43 @@ def image_transform(
             p=erasing, scale=(ERASING_MIN_AREA, erasing_max_area),
             ratio=(erasing_aspect, 1 / erasing_aspect), value=0,
         ))
+    if cutout_prob > 0:
+        steps.append(Cutout(cutout_prob, cutout_size))
     return v2.Compose(steps)
+
+
+class DeepVoltaireAutoAugment:
+    """DeepVoltaire's CIFAR10Policy as Harada & Iiduka's code runs it (utils/autoaug.py) on one
+    uint8 (C, H, W) RGB image: the ops of `samtune.data.device_augment.apply_pil_op`, which
+    give Pillow's result to the level. The sub-policy, the two coins and the signs come from
+    torch's global generator, so `seeded` fixes them."""
+
+    def __call__(self, image: Tensor) -> Tensor:
+        draws = draw_autoaugment(1, None)
+        pixels = TF.to_dtype(image[None], torch.float32, scale=True)
+        out = autoaugment(pixels, draws, DEEPVOLTAIRE_POLICY)[0]
+        return out.mul(255).round_().to(torch.uint8)
+
+
+class Cutout:
+    """Khanh et al.'s Cutout (lhchau/fundamental-sam, fundamental_sam/dataloader/cutout.py) on
+    one normalized (C, H, W) image: with probability p, a size x size square whose first row
+    and column are uniform in [-size // 2, side - size // 2), clipped at the border, set to 0.
+    Their three draws (torch.rand, then torch.randint for the row and the column) in their
+    order, from torch's global generator."""
+
+    def __init__(self, p: float, size: int) -> None:
+        self.p, self.size = p, size
+
+    def __call__(self, image: Tensor) -> Tensor:
+        if torch.rand([1]).item() > self.p:
+            return image
+        half = self.size // 2
+        top = int(torch.randint(-half, image.shape[-2] - half, [1]))
+        left = int(torch.randint(-half, image.shape[-1] - half, [1]))
+        image = image.clone()
+        image[..., max(0, top):top + self.size, max(0, left):left + self.size] = 0
+        return image
 
 
 def seeded(transform, image: Tensor, seed: int) -> Tensor:

@@ -81,8 +81,9 @@ def _cifar(name: str, folder: str, loader: str, files: tuple[str, ...], mean, st
 
 # Per-channel statistics as the reference code uses them: CIFAR-100 from
 # iiduka-researches/GSAM_batch_inc; CIFAR-10 the population std of its train set (not
-# the often-copied per-image 0.2023/0.1994/0.2010); Tiny-ImageNet its train-set
-# statistics, in wide use since the CS231n release; ImageNet torchvision's.
+# the often-copied 0.2023/0.1994/0.2010, NORMALIZATION_STATS["cifar10_kuangliu"]);
+# Tiny-ImageNet its train-set statistics, in wide use since the CS231n release; ImageNet
+# torchvision's.
 CATALOGUE: Mapping[str, DatasetEntry] = MappingProxyType({entry.name: entry for entry in (
     # scikit-learn's bundled 8x8 digits; its split is DIGITS_SPLIT, its statistics those of its pixels
     DatasetEntry("digits", 797, 1000, augment="none"),
@@ -103,12 +104,30 @@ CATALOGUE: Mapping[str, DatasetEntry] = MappingProxyType({entry.name: entry for 
                               "script of the PyTorch ImageNet example); no automatic download."),
 )})
 
+# Named per-channel statistics, the trial key ``normalization`` (DATASET_STATS: each entry's
+# own): CIFAR-10's mean with the std of kuangliu/pytorch-cifar main.py, with which Khanh et
+# al.'s code normalizes CIFAR-10 and CIFAR-100 alike (lhchau/fundamental-sam,
+# fundamental_sam/dataloader/cifar10.py lines 18 and 24, cifar100.py lines 18 and 24).
+DATASET_STATS = "dataset"
+NORMALIZATION_STATS: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]] = MappingProxyType({
+    "cifar10_kuangliu": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+})
+
 IN_MEMORY = tuple(name for name, entry in CATALOGUE.items() if not entry.streamed)
 STREAMED = tuple(name for name, entry in CATALOGUE.items() if entry.streamed)
 TRAIN_SIZES: Mapping[str, int] = MappingProxyType({name: e.train_size for name, e in CATALOGUE.items()})
 # the held-out split of digits: stratified, the same whatever the trial seed
 DIGITS_SPLIT = {"test_size": 1000, "random_state": 0, "stratify": "target"}
 DIGITS_LOADER = "sklearn.datasets.load_digits"
+
+
+def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) the trial key ``normalization`` names; None for each set's own."""
+    if name == DATASET_STATS:
+        return None
+    if name not in NORMALIZATION_STATS:
+        raise ValueError(f"normalization must be one of {[DATASET_STATS, *NORMALIZATION_STATS]}, got {name!r}")
+    return NORMALIZATION_STATS[name]
 
 
 def is_image_folder(name: str) -> bool:

@@ -31,10 +31,13 @@ from samtune.data.catalogue import (
     check_dataset_name,
     data_root,
     is_image_folder,
+    normalization_stats,
 )
 from samtune.data.device_augment import DevicePolicy
 from samtune.data.folders import scan_image_folder
 from samtune.data.loaders import DeviceLoader
+
+Stats = tuple[Sequence[float], Sequence[float]]  # per-channel (mean, std)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on tensors is ambiguous: compare by identity
@@ -82,14 +85,13 @@ class TensorData:
 
     def train_loader(
         self, *, batch_size: int, seed: int, augment: str | None = None, passes: int = 1,
-        autoaugment: bool = False, erasing: float = 0.0, erasing_max_area: float = 0.4,
-        erasing_aspect: float = 0.3, rank: int = 0, world: int = 1,
+        rank: int = 0, world: int = 1, **policy_options,
     ) -> DeviceLoader:
         """Shuffled training loader with drop_last and this set's augmentation settings, plus
-        the per-image policies (`samtune.data.device_augment`) batched on the set's device;
-        rank ``rank`` of ``world`` gets its share of every batch."""
-        policy = DevicePolicy(self.mean, self.std, autoaugment=autoaugment, erasing=erasing,
-                              erasing_max_area=erasing_max_area, erasing_aspect=erasing_aspect)
+        the per-image policies (`policy_options`: the fields of
+        `samtune.data.device_augment.DevicePolicy`) batched on the set's device; rank ``rank``
+        of ``world`` gets its share of every batch."""
+        policy = DevicePolicy(self.mean, self.std, **policy_options)
         return DeviceLoader(
             self.train_x, self.train_y, batch_size=batch_size, shuffle=True, drop_last=True,
             augment=self.augment if augment is None else augment,
@@ -142,6 +144,8 @@ def _image_data(
 ) -> TensorData:
     """TensorData from [0, 1] float NCHW splits, normalized in place with `mean`/`std`."""
     _, channels, height, width = train.shape
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"{name}: {channels} channel(s) need as many mean and std values, got {mean} and {std}")
     if height != width or test.shape[1:] != train.shape[1:]:
         raise ValueError(
             f"{name}: images must be square and the same size in both splits, got train "
@@ -186,7 +190,7 @@ def _read_rgb(paths: Sequence[str]) -> np.ndarray:
     return images
 
 
-def _load_digits(root: Path, download: bool) -> TensorData:
+def _load_digits(root: Path, download: bool, stats: Stats | None = None) -> TensorData:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), no download needed.
 
     Pixels are divided by 16 (their maximum) and standardized with the mean and std of all
@@ -205,12 +209,12 @@ def _load_digits(root: Path, download: bool) -> TensorData:
         pixels, bunch.target, test_size=DIGITS_SPLIT["test_size"], random_state=DIGITS_SPLIT["random_state"],
         stratify=bunch.target,
     )
-    mean, std = float(train.mean()), float(train.std())
+    mean, std = ((float(train.mean()),), (float(train.std()),)) if stats is None else stats
     return _image_data(
         "digits",
         torch.as_tensor(train, dtype=torch.float32).view(-1, 1, 8, 8), train_y,
         torch.as_tensor(test, dtype=torch.float32).view(-1, 1, 8, 8), test_y,
-        mean=(mean,), std=(std,), classes=[str(d) for d in range(10)], augment=CATALOGUE["digits"].augment,
+        mean=mean, std=std, classes=[str(d) for d in range(10)], augment=CATALOGUE["digits"].augment,
     )
 
 
@@ -221,7 +225,7 @@ def _refuse_missing(name: str, root: Path, download: bool) -> None:
         raise DatasetError(f"{problem}. {entry.how_to_get(root)}")
 
 
-def _load_cifar(name: str, root: Path, download: bool) -> TensorData:
+def _load_cifar(name: str, root: Path, download: bool, stats: Stats | None = None) -> TensorData:
     """CIFAR-10/100 in torchvision's on-disk format, read by torchvision.datasets (md5-checked)."""
     from torchvision import datasets
 
@@ -236,9 +240,10 @@ def _load_cifar(name: str, root: Path, download: bool) -> TensorData:
         raise DatasetError(
             f"{name} at {folder} is incomplete or corrupted ({err}). Delete {folder} and {DOWNLOAD_HINT}."
         ) from err
+    mean, std = stats or (entry.mean, entry.std)
     return _image_data(
         name, _to_unit_float(train.data), train.targets, _to_unit_float(test.data), test.targets,
-        mean=entry.mean, std=entry.std, classes=train.classes,
+        mean=mean, std=std, classes=train.classes,
     )
 
 
@@ -257,7 +262,7 @@ def _tiny_imagenet_val(val_dir: Path, class_to_idx: dict[str, int]) -> list[tupl
     return samples
 
 
-def _load_tiny_imagenet(root: Path, download: bool) -> TensorData:
+def _load_tiny_imagenet(root: Path, download: bool, stats: Stats | None = None) -> TensorData:
     """Tiny-ImageNet-200: train/<wnid>/images/*.JPEG (100k), val/images + val_annotations.txt (10k).
 
     The labelled val split serves as the test split (the official test split has no labels).
@@ -272,26 +277,27 @@ def _load_tiny_imagenet(root: Path, download: bool) -> TensorData:
     classes, class_to_idx = find_classes(str(train_dir))
     train = make_dataset(str(train_dir), class_to_idx, extensions=IMG_EXTENSIONS)
     test = _tiny_imagenet_val(val_dir, class_to_idx)
+    mean, std = stats or (entry.mean, entry.std)
     return _image_data(
         entry.name,
         _to_unit_float(_read_rgb([p for p, _ in train])), [c for _, c in train],
         _to_unit_float(_read_rgb([p for p, _ in test])), [c for _, c in test],
-        mean=entry.mean, std=entry.std, classes=classes,
+        mean=mean, std=std, classes=classes,
     )
 
 
-def load_imagefolder(path: str | os.PathLike[str]) -> TensorData:
+def load_imagefolder(path: str | os.PathLike[str], stats: Stats | None = None) -> TensorData:
     """A folder in torchvision's ImageFolder layout, `train/<class>/*` and `test/<class>/*`
     (or `val/<class>/*`), scanned by :func:`samtune.data.folders.scan_image_folder`.
 
     Every image is decoded once (as RGB) into memory; all must have the same square size.
     Classes are the train sub-folders in sorted order (as ImageFolder numbers them);
-    normalization uses the per-channel mean and std of the train split. Default
+    normalization uses the per-channel mean and std of the train split (or `stats`). Default
     augmentation is crop_flip with padding image_size // 8.
     """
     folder = scan_image_folder(path)
     train_x = _to_unit_float(_read_rgb(folder.train.paths()))
-    mean, std = _channel_stats(train_x)
+    mean, std = stats or _channel_stats(train_x)
     return _image_data(
         f"{IMAGEFOLDER_PREFIX}{path}",
         train_x, folder.train.labels,
@@ -300,7 +306,7 @@ def load_imagefolder(path: str | os.PathLike[str]) -> TensorData:
     )
 
 
-LOADERS: dict[str, Callable[[Path, bool], TensorData]] = {
+LOADERS: dict[str, Callable[[Path, bool, Stats | None], TensorData]] = {
     "digits": _load_digits,
     "cifar10": functools.partial(_load_cifar, "cifar10"),
     "cifar100": functools.partial(_load_cifar, "cifar100"),
@@ -314,8 +320,10 @@ def load_dataset(
     root: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     download: bool = False,
+    normalization: str = "dataset",
 ) -> TensorData:
-    """Load a data set held in memory by name onto `device`.
+    """Load a data set held in memory by name onto `device`, normalized with its own
+    statistics or those `normalization` names (`samtune.data.catalogue.NORMALIZATION_STATS`).
 
     `name` is a catalogue name (looked up under `data_root(root)`) or
     "imagefolder:<path>" (a relative path is taken from the current directory, so give
@@ -324,10 +332,11 @@ def load_dataset(
     :class:`~samtune.checks.DatasetError` naming the path looked at and what was expected.
     """
     check_dataset_name(name)
+    stats = normalization_stats(normalization)
     if is_image_folder(name):
-        data = load_imagefolder(name[len(IMAGEFOLDER_PREFIX):])
+        data = load_imagefolder(name[len(IMAGEFOLDER_PREFIX):], stats)
     elif name in LOADERS:
-        data = LOADERS[name](data_root(root), download)
+        data = LOADERS[name](data_root(root), download, stats)
     else:
         raise ValueError(f"dataset {name!r} is streamed from disk, not held in memory; open it with "
                          f"samtune.data.streaming.open_streaming")

@@ -21,13 +21,14 @@ from torch import Tensor
 
 from samtune.checks import check_choice
 from samtune.data.augment import BatchMixer, image_transform, to_uint8
-from samtune.data.catalogue import is_streamed
+from samtune.data.catalogue import DATASET_STATS, is_streamed
+from samtune.data.device_augment import TORCHVISION_POLICY
 from samtune.data.loaders import EpochLoader
 from samtune.data.records import DatasetRecord, in_memory_records, streamed_records
 from samtune.data.streaming import StreamingData, open_streaming
 from samtune.data.tensors import TensorData, load_dataset
 from samtune.data.worker_loader import WorkerLoader
-from samtune.schema import PIPELINES
+from samtune.schema import AUTOAUGMENT_POLICIES, NORMALIZATIONS, PIPELINES
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 DEFAULT_IMAGE_SIZE = 224  # ImageNet's crop, for a streamed set without image_size
@@ -36,15 +37,21 @@ DEFAULT_IMAGE_SIZE = 224  # ImageNet's crop, for a streamed set without image_si
 @dataclass(frozen=True)
 class Recipe:
     """How training batches are made from a set: its own crop and flip (``augment``),
-    the per-image policies, where those run (``pipeline``: batched on the device, or
-    image by image in ``workers`` processes), how many ``passes`` make an epoch, and
-    which batches are CutMix-ed or MixUp-ed."""
+    the per-image policies (AutoAugment with ``autoaugment_policy``'s ops, RandomErasing,
+    Cutout), where those run (``pipeline``: batched on the device, or image by image in
+    ``workers`` processes), how many ``passes`` make an epoch, and which batches are
+    CutMix-ed or MixUp-ed; ``normalization`` names the statistics the set must have been
+    opened with (checked by the set's training loader)."""
 
     augment: bool = True
     autoaugment: bool = False
+    autoaugment_policy: str = TORCHVISION_POLICY
     erasing: float = 0.0
     erasing_max_area: float = 0.4
     erasing_aspect: float = 0.3
+    cutout_prob: float = 0.0
+    cutout_size: int = 16
+    normalization: str = DATASET_STATS
     pipeline: str = "device"
     passes: int = 1
     workers: int = 0
@@ -55,6 +62,15 @@ class Recipe:
 
     def __post_init__(self) -> None:
         check_choice("pipeline", self.pipeline, PIPELINES)
+        check_choice("autoaugment_policy", self.autoaugment_policy, AUTOAUGMENT_POLICIES)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+
+    def policy_options(self) -> dict[str, object]:
+        """The per-image policies, as `DevicePolicy` and `image_transform` take them."""
+        return {"autoaugment": self.autoaugment, "autoaugment_policy": self.autoaugment_policy,
+                "erasing": self.erasing, "erasing_max_area": self.erasing_max_area,
+                "erasing_aspect": self.erasing_aspect, "cutout_prob": self.cutout_prob,
+                "cutout_size": self.cutout_size}
 
     def batch_mixer(self, num_classes: int, seed: int) -> BatchMixer | None:
         """The mixer of whole batches, None when no batch is mixed."""
@@ -105,11 +121,13 @@ class TrialData(Protocol):
 
 
 class InMemoryData:
-    """A set held whole in device memory (:class:`~samtune.data.tensors.TensorData`);
-    every worker evaluates the whole test split."""
+    """A set held whole in device memory (:class:`~samtune.data.tensors.TensorData`),
+    normalized with the statistics ``normalization`` names; every worker evaluates the
+    whole test split."""
 
-    def __init__(self, tensors: TensorData, root: str | os.PathLike[str] | None = None):
-        self.tensors, self.root = tensors, root
+    def __init__(self, tensors: TensorData, root: str | os.PathLike[str] | None = None,
+                 normalization: str = DATASET_STATS):
+        self.tensors, self.root, self.normalization = tensors, root, normalization
         self.name, self.num_classes, self.train_size = tensors.name, tensors.num_classes, len(tensors.train_y)
 
     def image_shape(self) -> dict[str, int]:
@@ -118,19 +136,21 @@ class InMemoryData:
 
     def train_loader(self, recipe: Recipe, *, batch_size: int, seed: int, rank: int, world: int,
                      device: torch.device) -> EpochLoader:
-        """The device loader (crop and flip, AutoAugment, RandomErasing batched on the
+        """The device loader (crop and flip, AutoAugment, RandomErasing, Cutout batched on the
         device; samtune.data.device_augment), or the per-image recipe in worker processes.
-        Crop and flip are the set's own augmentation (none for digits) when ``augment`` is on."""
+        Crop and flip are the set's own augmentation (none for digits) when ``augment`` is on.
+        A recipe whose normalization is not the one this set was opened with is refused."""
+        if recipe.normalization != self.normalization:
+            raise ValueError(f"normalization = {recipe.normalization!r}, but {self.name} was opened normalized with "
+                             f"{self.normalization!r}: open it with normalization={recipe.normalization!r}")
         data = self.tensors
         if recipe.pipeline == "device":
             return data.train_loader(
                 batch_size=batch_size, seed=seed, passes=recipe.passes, augment=None if recipe.augment else "none",
-                autoaugment=recipe.autoaugment, erasing=recipe.erasing, erasing_max_area=recipe.erasing_max_area,
-                erasing_aspect=recipe.erasing_aspect, rank=rank, world=world)
+                rank=rank, world=world, **recipe.policy_options())
         transform = image_transform(
             size=data.image_size, pad=data.pad, mean=data.mean, std=data.std,
-            crop_flip=recipe.augment and data.augment == "crop_flip", autoaugment=recipe.autoaugment,
-            erasing=recipe.erasing, erasing_max_area=recipe.erasing_max_area, erasing_aspect=recipe.erasing_aspect)
+            crop_flip=recipe.augment and data.augment == "crop_flip", **recipe.policy_options())
         return WorkerLoader(to_uint8(data.train_x, data.mean, data.std), data.train_y, transform=transform,
                             batch_size=batch_size, passes=recipe.passes, seed=seed, workers=recipe.workers,
                             rank=rank, world=world, device=device)
@@ -188,16 +208,22 @@ class StreamedData:
 
 
 @functools.lru_cache(maxsize=1)
-def _in_memory(name: str, root: str | None, device: str, download: bool) -> InMemoryData:
+def _in_memory(name: str, root: str | None, device: str, download: bool, normalization: str) -> InMemoryData:
     # Ray reuses a worker process for the search's next trial, which then skips decoding
     # (and digesting) the same set again.
-    return InMemoryData(load_dataset(name, root=root, device=device, download=download), root)
+    data = load_dataset(name, root=root, device=device, download=download, normalization=normalization)
+    return InMemoryData(data, root, normalization)
 
 
 def open_trial_data(dataset: str, *, device: torch.device, root: str | None = None, download: bool = False,
-                    streaming: bool = False, image_size: int | None = None) -> TrialData:
-    """The data a trial trains and is evaluated on, from its data keys."""
+                    streaming: bool = False, image_size: int | None = None,
+                    normalization: str = DATASET_STATS) -> TrialData:
+    """The data a trial trains and is evaluated on, from its data keys; a set held in
+    memory is normalized with the statistics ``normalization`` names."""
     if is_streamed(dataset, streaming):
+        if normalization != DATASET_STATS:
+            raise ValueError(f"normalization = {normalization!r} applies to sets held in memory; {dataset!r} is "
+                             f"streamed with its own statistics")
         stream = open_streaming(dataset, root=root, size=image_size or DEFAULT_IMAGE_SIZE)
         return StreamedData(stream, device, root)
-    return _in_memory(dataset, root, str(device), download)
+    return _in_memory(dataset, root, str(device), download, normalization)

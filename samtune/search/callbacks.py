@@ -44,8 +44,11 @@ class MlflowRunCloser(tune.Callback):
 def checkpoint_location(trial) -> str | None:
     """The trial's latest checkpoint: a folder, or a URI on remote storage."""
     checkpoint = getattr(trial, "checkpoint", None)
-    if checkpoint is None:
-        return None
+    return None if checkpoint is None else checkpoint_uri(checkpoint)
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray checkpoint is, as ``ray.train.Checkpoint(...)`` reads it back."""
     kind = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from samtune import schema
 from samtune.data.catalogue import IMAGEFOLDER_PREFIX, data_root, image_folder_path, is_image_folder
-from samtune.spec import SearchSpec, bundle_table
+from samtune.spec import SearchSpec, WorkerLayout, bundle_table
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,9 @@ class TrialContext:
     required_keys: tuple[str, ...] = ()
     # (budget, unit) of an equal-budget grid: every trial gets it (samtune.budgets)
     equal_budget: tuple[int, str] | None = None
-    # a data-parallel trial: its Ray Train workers, what each reserves, and where Ray
-    # Train keeps their runs (a retried or resumed trial continues from its checkpoint)
-    workers: int = 1
+    # a data-parallel trial: its Ray Train workers stage by stage, what each reserves, and
+    # where Ray Train keeps their runs (a retried or resumed trial continues from its checkpoint)
+    layout: WorkerLayout = field(default_factory=WorkerLayout)
     # population-based training: trials record their lineage and schedule
     population: bool = False
     worker_resources: Mapping[str, float] = field(default_factory=dict)
@@ -91,7 +91,7 @@ def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, pa
         tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
         run_settings=run_settings(spec.trial, resources), bundles=bundle_table(spec),
         end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)),
-        equal_budget=spec.budget, workers=spec.workers, population=bool(spec.mutated_keys),
+        equal_budget=spec.budget, layout=spec.layout, population=bool(spec.mutated_keys),
         worker_resources=dict(resources),
         parallel_storage=f"{ray_path.rstrip('/')}/{PARALLEL_FOLDER}" if ray_path else "",
         log_models=spec.keep_models != schema.KEEP_NO_MODELS, searched_keys=spec.searched_keys)

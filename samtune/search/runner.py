@@ -262,7 +262,8 @@ def _preflight(spec: SearchSpec, tracking_uri: str | None, address: str | None
         resources = _default_resources(spec)
         nodes = preflight.cluster_nodes()
         preflight.check_resources(resources, nodes)
-        preflight.check_workers(resources, spec.workers, nodes)
+        preflight.check_workers(resources, spec.workers, nodes,
+                                key="resources.max_workers" if spec.layout.grows else "resources.workers")
         preflight.check_device(spec, resources, nodes)
     except ConfigError:
         _shutdown_ray(started)
@@ -378,7 +379,7 @@ def _launch(spec: SearchSpec, opened: SearchRun, resources: dict[str, float], *,
     tracker.log_text(opened.parent_run_id, context.to_json(), schema.ARTIFACT_CONTEXT)
     credentials = TrackingCredentials.from_environment()
     extra = {"credentials": credentials} if credentials.variables else {}
-    if spec.workers > 1:  # the trial only drives its Ray Train workers, which reserve the resources
+    if spec.layout.data_parallel:  # the trial only drives its Ray Train workers, which reserve the resources
         trainable, resources = trainable or samtune_parallel_trial, trial_driver_resources()
     bound = tune.with_resources(tune.with_parameters(trainable or samtune_trial, context=context, **extra),
                                 resources)

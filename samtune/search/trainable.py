@@ -128,8 +128,8 @@ def prepare_trial(hparams: dict[str, Any], context: TrialContext, credentials: T
         if context.equal_budget is not None:
             values = with_budget(values, *context.equal_budget)
         config = make_trial_config(values, where="trial")
-        if context.workers > 1:
-            check_batches_split(values, context.workers)
+        if context.layout.data_parallel:
+            check_batches_split(values, context.layout)
     except (ConfigError, ValueError) as err:
         _record_invalid_trial(context, tracker, values, str(err))
         return None

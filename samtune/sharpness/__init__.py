@@ -41,6 +41,10 @@ harada                worst-case linf, non-adaptive, ρ = 2e-4, 20 APGD steps (t
 worst_linf[_adaptive] worst-case m-sharpness, linf box (× |w| when adaptive)
 worst_l2[_adaptive]   worst-case m-sharpness, l2 ball (ellipsoid ‖δ/|w|‖ when adaptive)
 avg_l2[_adaptive]     average-case, Gaussian noise (× |w| when adaptive), + stderr
+avg_linf[_adaptive]   average-case, noise uniform in the linf box (× |w|), + stderr
+…_adaptive_lognorm    the adaptive worst_linf, worst_l2, avg_l2, avg_linf on the loss
+                      of centred unit-norm logits (Andriushchenko et al.'s choice
+                      for comparing architectures)
 avg_sphere            average-case on the sphere ‖δ‖ = ρ, δ = ρ z/‖z‖, + stderr
 keskar                Keskar ε-sharpness, box ε(|w|+1), percent of 1 + L
 ascent                L(w + ρ g/‖g‖) − L(w), SAM's own perturbation, per batch
@@ -58,9 +62,10 @@ norm_dist_from_init   ‖w − w₀‖₂ (needs ``init_params``)
 from samtune.sharpness._apgd import apgd_checkpoints
 from samtune.sharpness._result import Measurement
 from samtune.sharpness.ascent import ascent, ascent_full
-from samtune.sharpness.average_case import average_case, average_sphere
+from samtune.sharpness.average_case import average_box, average_case, average_sphere
 from samtune.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
 from samtune.sharpness.keskar import keskar
+from samtune.sharpness.logits import normalize_logits
 from samtune.sharpness.norms import distance_from_init, param_norm
 from samtune.sharpness.registry import (
     DEFAULT_MEASURES,
@@ -81,6 +86,7 @@ __all__ = [
     "apgd_checkpoints",
     "ascent",
     "ascent_full",
+    "average_box",
     "average_case",
     "average_sphere",
     "distance_from_init",
@@ -91,6 +97,7 @@ __all__ = [
     "measure_all",
     "measure_settings",
     "metric_names",
+    "normalize_logits",
     "param_norm",
     "worst_case",
 ]

@@ -27,7 +27,7 @@ from samtune import schema
 from samtune.sharpness._result import Measurement
 from samtune.sharpness._surface import Batch, LossFn
 from samtune.sharpness.ascent import ascent, ascent_full
-from samtune.sharpness.average_case import average_case, average_sphere
+from samtune.sharpness.average_case import average_box, average_case, average_sphere
 from samtune.sharpness.hessian import hessian_max_eigenvalue, hessian_trace
 from samtune.sharpness.keskar import keskar
 from samtune.sharpness.norms import distance_from_init, param_norm
@@ -78,27 +78,52 @@ def _norm_dist_from_init(model, loss_fn, batches, *, init_params=None, dtype=Non
     return distance_from_init(model, init_params)
 
 
+# Only the logit-normalized measures carry this setting: the plain ones keep the
+# definition their earlier trials were logged with (a setting missing from some
+# trials' params would split a measure in two in the reports).
+_LOGNORM = {"normalize_logits": True}
+_LOGNORM_NOTE = ", logit-normalized loss"
+
+
 def _specs() -> list[MeasureSpec]:
-    def worst(name, rho, norm, adaptive, **extra):
+    def worst(name, rho, norm, adaptive, lognorm=False, **extra):
         return MeasureSpec(
             name, worst_case,
             {"rho": rho, "norm": norm, "adaptive": adaptive, "steps": 20,
-             "step_size_mult": 1.0, "rand_init": False},
-            f"worst-case m-sharpness, {norm}{', adaptive' if adaptive else ''}, APGD",
+             "step_size_mult": 1.0, "rand_init": False, **(_LOGNORM if lognorm else {})},
+            f"worst-case m-sharpness, {norm}{', adaptive' if adaptive else ''}, APGD"
+            f"{_LOGNORM_NOTE if lognorm else ''}",
             stochastic=True, **extra)
+
+    def box(name, adaptive, lognorm=False):
+        return MeasureSpec(
+            name, average_box,
+            {"rho": 0.1, "adaptive": adaptive, "samples": 20, **(_LOGNORM if lognorm else {})},
+            f"average-case sharpness, noise uniform in the box |δ| ≤ ρ{'|w|' if adaptive else ''}"
+            f"{_LOGNORM_NOTE if lognorm else ''}", stochastic=True)
 
     # Radii: the smallest of each sweep in tml-epfl's sh/eval_sharpness_final.sh
     # (ResNet-18, CIFAR-10), except harada (iiduka-researches/GSAM_batch_inc).
+    # Logit normalization: that script runs it only with --adaptive, so only
+    # adaptive variants are registered (the same radii as without it there).
     return [
         worst("harada", 2e-4, "linf", False, data={"n_examples": 1024, "m": 128}),
         worst("worst_linf", 5e-4, "linf", False),
         worst("worst_linf_adaptive", 1e-3, "linf", True),
+        worst("worst_linf_adaptive_lognorm", 1e-3, "linf", True, lognorm=True),
         worst("worst_l2", 0.25, "l2", False),
         worst("worst_l2_adaptive", 0.25, "l2", True),
+        worst("worst_l2_adaptive_lognorm", 0.25, "l2", True, lognorm=True),
         MeasureSpec("avg_l2", average_case, {"sigma": 0.05, "adaptive": False, "samples": 20},
                     "average-case sharpness, Gaussian noise N(0, σ²I)", stochastic=True),
         MeasureSpec("avg_l2_adaptive", average_case, {"sigma": 0.05, "adaptive": True, "samples": 20},
                     "average-case sharpness, noise σ|w|⊙z", stochastic=True),
+        MeasureSpec("avg_l2_adaptive_lognorm", average_case,
+                    {"sigma": 0.05, "adaptive": True, "samples": 20, **_LOGNORM},
+                    "average-case sharpness, noise σ|w|⊙z" + _LOGNORM_NOTE, stochastic=True),
+        box("avg_linf", adaptive=False),
+        box("avg_linf_adaptive", adaptive=True),
+        box("avg_linf_adaptive_lognorm", adaptive=True, lognorm=True),
         # ρ as ascent's, so the two compare a random direction with the gradient's
         MeasureSpec("avg_sphere", average_sphere, {"rho": 0.05, "adaptive": False, "samples": 20, "antithetic": True},
                     "average-case sharpness on the sphere ‖δ‖ = ρ, δ = ρ z/‖z‖", stochastic=True),

@@ -44,14 +44,14 @@ from samtune.spec.loading import (
     parse_search_spec,
 )
 from samtune.spec.objective import Objective, reported_metrics
-from samtune.spec.resources import BATCH_KEYS, Resources, check_batches_split, stage_batches
+from samtune.spec.resources import BATCH_KEYS, Resources, Stage, WorkerLayout, check_batches_split, stage_batches
 from samtune.spec.schedulers import PROGRESS_UNITS, Asha, Pb2, Pbt, asha_max_t
 from samtune.spec.search_spec import SearchSpec
 
 __all__ = [
     "BATCH_KEYS", "DISTRIBUTIONS", "PROGRESS_UNITS", "SPEC_KEYS",
     "Asha", "BundleAxis", "Choice", "DefineByRun", "Distribution", "EqualBudget", "IntUniform", "LogUniform",
-    "Objective", "Pb2", "Pbt", "Resources", "SearchSpec", "Uniform", "ValueAxis",
+    "Objective", "Pb2", "Pbt", "Resources", "SearchSpec", "Stage", "Uniform", "ValueAxis", "WorkerLayout",
     "asha_max_t", "bundle_table", "bundled_space_names", "bundled_space_summaries",
     "bundled_spaces", "check_batches_split", "define_by_run",
     "describe", "search_description", "expand_bundles", "grid_cells", "grid_choices", "grid_size", "load_search_spec",

@@ -12,6 +12,7 @@ import yaml
 from samtune.config import make_trial_config
 from samtune.spec.distributions import _Distribution
 from samtune.spec.grid import bundle_table, expand_bundles, grid_choices, grid_size
+from samtune.spec.resources import BATCH_KEYS
 from samtune.spec.search_spec import SearchSpec
 
 
@@ -89,12 +90,29 @@ def describe(spec: SearchSpec, count: int = 5) -> str:
         values, _ = expand_bundles({**spec.trial, **sample}, bundles)
         make_trial_config(values, where=f"sample {i}")
         lines.append(f"- {sample}")
-    if spec.workers > 1:
-        each = ", ".join(f"{value:g} {key.upper()}" for key, value in spec.worker_resources.items())
-        lines.append(f"# each trial: {spec.workers} data-parallel workers of {each}; every global batch is "
-                     f"split in {spec.workers}, m-sharpness with m = batch / {spec.workers}")
+    if spec.layout.data_parallel:
+        lines.append(_data_parallel_line(spec))
     if spec.budget:
         budget, unit = spec.budget
         lines.append(f"# equal budget: every cell trains for {budget} {unit}; epochs per cell: "
                      f"{[cell['epochs'] for cell in spec.cells()]}")
     return "\n".join(lines)
+
+
+def _data_parallel_line(spec) -> str:
+    each = ", ".join(f"{value:g} {key.upper()}" for key, value in spec.worker_resources.items())
+    layout = spec.layout
+    if not layout.grows:
+        return (f"# each trial: {layout.workers} data-parallel workers of {each}; every global batch is split in "
+                f"{layout.workers}, m-sharpness with m = batch / {layout.workers}")
+    if spec.search and {d.key for d in spec.search} & set(BATCH_KEYS):
+        stages = "stages as each sampled batch gives them"
+    else:
+        cells = spec.cells() if spec.grid else [spec.trial]
+        stages = "; ".join(_stages_text(layout, values) for values in cells[:3])
+    return (f"# each trial: {layout.describe()}, each of {each}; m-sharpness with m = "
+            f"{layout.per_worker_batch} while the batch splits that way; {stages}")
+
+
+def _stages_text(layout, values) -> str:
+    return ", ".join(f"epochs {s.first + 1}-{s.end} on {s.workers}" for s in layout.stages(values))

@@ -146,9 +146,9 @@ def _check_population(spec) -> None:
                          f"give `search` distributions, not a `grid`")
     if spec.equal_budget is not None:
         raise ValueError(f"scheduler = {name} changes trials while they train; equal_budget is for grids")
-    if spec.workers > 1:
-        raise ValueError(f"scheduler = {name} copies checkpoints between trials; with resources.workers = "
-                         f"{spec.workers} each is a Ray Train run of its own: use workers: 1")
+    if spec.layout.data_parallel:
+        raise ValueError(f"scheduler = {name} copies checkpoints between trials; with data-parallel trials "
+                         f"({spec.layout.describe()}) each is a Ray Train run of its own: use workers: 1")
     if any(d.when for d in spec.search):
         raise ValueError(f"scheduler = {name}: conditional (`when`) keys are not supported; Ray samples the "
                          f"population from independent distributions")

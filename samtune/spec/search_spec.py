@@ -39,7 +39,7 @@ from samtune.spec.grid import (
     grid_size,
 )
 from samtune.spec.objective import Objective, reported_metrics
-from samtune.spec.resources import Resources, _check_loader_cpus, _check_worker_batches
+from samtune.spec.resources import LAYOUT_KEYS, Resources, WorkerLayout, _check_loader_cpus, _check_worker_batches
 from samtune.spec.schedulers import Pbt, SchedulerSection, _check_population, asha_max_t, scheduler_section
 from samtune.spec.until import Until
 from samtune.spec.values import (
@@ -219,14 +219,19 @@ class SearchSpec(_Section):
         return tuple(d.key for d in self.search if d.key in schema.PBT_KEYS)
 
     @property
+    def layout(self) -> WorkerLayout:
+        """How many data-parallel workers each trial trains on, stage by stage."""
+        return WorkerLayout.of(self.resources)
+
+    @property
     def workers(self) -> int:
-        """Data-parallel workers per trial (``resources.workers``)."""
-        return int(self.resources.get("workers", 1))
+        """The most data-parallel workers a trial trains on at once."""
+        return self.layout.most_workers
 
     @property
     def worker_resources(self) -> dict[str, float]:
-        """What Ray reserves for each worker of a trial (the whole trial when workers = 1)."""
-        return {key: value for key, value in self.resources.items() if key != "workers"}
+        """What Ray reserves for each worker of a trial (the whole trial when it has one)."""
+        return {key: value for key, value in self.resources.items() if key not in LAYOUT_KEYS}
 
     @property
     def budget(self) -> tuple[int, str] | None:

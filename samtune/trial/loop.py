@@ -37,12 +37,14 @@ from samtune.data.trial_data import EvalSplit, Recipe, TrialData, open_trial_dat
 from samtune.models import create_model
 from samtune.optim import create_optimizer, frozen_bn_stats, is_two_pass, set_rho
 from samtune.optim.distributed import average_directions
+from samtune.optim.sync_bn import synchronize_batchnorm
 from samtune.schedules import TrialSchedule, training_progress
 from samtune.trial import probes
 from samtune.trial.replica import SINGLE, Replica
 
-# 3: the batch mixer's generator state ("mixer"); 4: every worker's RNG state; 5: steps since sam_start
-CHECKPOINT_VERSION = 5
+# 3: the batch mixer's generator state ("mixer"); 4: every worker's RNG state; 5: steps since sam_start;
+# 6: every worker's mixer state
+CHECKPOINT_VERSION = 6
 
 
 @dataclass
@@ -91,13 +93,16 @@ def open_data(config: TrialConfig) -> TrialData:
     """The data a trial with ``config`` trains on, on the device it runs on."""
     device = resolve_device(config.device)
     return open_trial_data(config.dataset, device=device, root=config.data_dir, download=config.download,
-                           streaming=config.streaming, image_size=config.image_size)
+                           streaming=config.streaming, image_size=config.image_size,
+                           normalization=config.normalization)
 
 
 def recipe(config: TrialConfig) -> Recipe:
     """How the trial's training batches are made (crop and flip, per-image policies, passes)."""
-    return Recipe(augment=config.augment, autoaugment=config.autoaugment, erasing=config.random_erasing,
+    return Recipe(augment=config.augment, autoaugment=config.autoaugment,
+                  autoaugment_policy=config.autoaugment_policy, erasing=config.random_erasing,
                   erasing_max_area=config.random_erasing_max_area, erasing_aspect=config.random_erasing_aspect,
+                  cutout_prob=config.cutout_prob, cutout_size=config.cutout_size, normalization=config.normalization,
                   pipeline=config.pipeline, passes=config.epoch_passes, workers=config.loader_workers,
                   cutmix_prob=config.cutmix_prob, cutmix_alpha=config.cutmix_alpha, mixup_prob=config.mixup_prob,
                   mixup_alpha=config.mixup_alpha)
@@ -120,8 +125,9 @@ class Trial:
     """Model, optimizer, data and schedules of one trial, built from its config and its
     data (opened from the config when not given)."""
 
-    def __init__(self, config: TrialConfig, data: TrialData | None = None, replica: Replica = SINGLE):
-        self.config, self.replica = config, replica
+    def __init__(self, config: TrialConfig, data: TrialData | None = None, replica: Replica = SINGLE,
+                 sync_batchnorm: bool = False):
+        self.config, self.replica, self.sync_batchnorm = config, replica, sync_batchnorm
         self.device = resolve_device(config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -151,6 +157,8 @@ class Trial:
 
         if self.two_pass:
             average_directions(self.optimizer)
+        if self.sync_batchnorm:
+            self.model = synchronize_batchnorm(self.model)
         # dropout, drop_path and mixing draws differ per worker, as on separate machines
         torch.manual_seed(self.config.seed * 1_000_003 + self.replica.rank)
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -169,7 +177,7 @@ class Trial:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
-            "mixer": {} if self.mixer is None else self.mixer.state_dict(),
+            "mixer": self.replica.gather({} if self.mixer is None else self.mixer.state_dict()),
             "torch_rng": self.replica.gather(torch.get_rng_state()),
             "epoch": self.state.epoch,
             "steps": self.state.steps,
@@ -182,23 +190,44 @@ class Trial:
             state["cuda_rng"] = self.replica.gather(torch.cuda.get_rng_state(self.device))
         return state
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], regroup: bool = False) -> None:
+        """Continue from ``state``.  On as many workers as took it, exactly; with ``regroup``
+        also on another count (a trial whose workers grow with the batch, at a stage
+        boundary): then only the workers' own random streams start afresh."""
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._apply_group_values()
         self.loader.load_state_dict(state["loader"])
-        if self.mixer is not None:
-            self.mixer.load_state_dict(state["mixer"])
-        if len(state["torch_rng"]) != self.replica.world:
-            raise ValueError(f"the checkpoint was taken on {len(state['torch_rng'])} worker(s); a trial resumes "
-                             f"exactly only on as many, not on {self.replica.world}")
-        torch.set_rng_state(state["torch_rng"][self.replica.rank])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"][self.replica.rank], self.device)
         self.state = LoopState(state["epoch"], state["steps"], state["samples_seen"],
                                state["gradient_evaluations"], list(state["history"]), state["sam_steps"])
+        taken_on = len(state["torch_rng"])
+        if taken_on == self.replica.world:
+            self._restore_random_streams(state)
+        elif regroup:
+            self._seed_random_streams(self.state.epoch)
+        else:
+            raise ValueError(f"the checkpoint was taken on {taken_on} worker(s); a trial resumes exactly only on "
+                             f"as many, not on {self.replica.world} (a trial whose workers grow with the batch "
+                             f"changes their count at its stage boundaries)")
+
+    def _restore_random_streams(self, state: dict[str, Any]) -> None:
+        rank = self.replica.rank
+        if self.mixer is not None:
+            self.mixer.load_state_dict(state["mixer"][rank])
+        torch.set_rng_state(state["torch_rng"][rank])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"][rank], self.device)
+
+    def _seed_random_streams(self, epoch: int) -> None:
+        """Each worker's dropout and mixing draws from ``epoch`` on, on a new worker count:
+        a function of (seed, epoch, rank) only, so a regrouped trial resumes the same way
+        however often it is interrupted.  The data order and augmentation are drawn by the
+        loader, whole, on every worker, and do not change."""
+        seed = (self.config.seed * 1_000_003 + epoch) * 1_009 + self.replica.rank
+        torch.manual_seed(seed)
+        self.mixer = self.recipe.batch_mixer(self.data.num_classes, seed=seed)
 
     def _apply_group_values(self) -> None:
         """This config's optimizer values over those a loaded state brought: population-based
@@ -367,6 +396,7 @@ class Trial:
             "steps": self.state.steps, "samples_seen": self.state.samples_seen,
             "gradient_evaluations": self.state.gradient_evaluations,
             "epoch_seconds": stats["epoch_seconds"], "samples_per_second": stats["samples_per_second"],
+            "workers": self.replica.world,
         } | (self.probe(epoch, int(stats["batch_size"])) if self.config.probes else {})
 
     def probe(self, epoch: int, batch: int) -> dict[str, float]:
@@ -417,10 +447,12 @@ def build_model(config: TrialConfig, shape: dict[str, int], device: torch.device
     initial parameters (seeded, so re-creating a trial gives the same initialization:
     a checkpoint need not store it; every worker of a data-parallel trial starts alike)."""
     torch.manual_seed(config.seed)
-    vit_options = {}
+    options = {}
     if config.model in schema.VIT_MODELS:
-        vit_options = {"drop_path": config.drop_path, "spt": config.vit_spt, "lsa": config.vit_lsa}
-    model = create_model(config.model, **shape, init=config.init, **vit_options).to(device)
+        options = {"drop_path": config.drop_path, "spt": config.vit_spt, "lsa": config.vit_lsa}
+    if config.resnet_stem is not None:  # config allows it on the ResNets only
+        options = {"stem": config.resnet_stem}
+    model = create_model(config.model, **shape, init=config.init, **options).to(device)
     init_params = [p.detach().clone() for p in model.parameters()]
     return model, init_params
 
@@ -434,19 +466,25 @@ def _is_finite(record: dict[str, float]) -> bool:
 
 
 def train(config: TrialConfig, sink: Sink | None = None, resume: dict[str, Any] | None = None,
-          replica: Replica = SINGLE, *, data: TrialData | None = None) -> TrialResult:
+          replica: Replica = SINGLE, *, data: TrialData | None = None, until_epoch: int | None = None,
+          regroup: bool = False, sync_batchnorm: bool = False) -> TrialResult | None:
     """Run one trial (optionally from a checkpoint dict) on ``data`` (default: opened
     here from the config) and return its result; on several workers, this worker's
     part of it (``replica``).
 
     Training ends after ``epochs`` epochs, when the budget is spent (possibly
     inside an epoch, which is then recorded as the last one), or after the first
-    epoch that meets the training criterion."""
+    epoch that meets the training criterion.  With ``until_epoch`` this call trains one
+    stage of the trial: it returns None once that many epochs are done (and checkpointed),
+    unless the trial ended first.  ``regroup`` lets ``resume`` come from another worker
+    count; ``sync_batchnorm`` computes BatchNorm's batch statistics over all workers."""
     sink = sink or NullSink()
-    trial = Trial(config, data, replica)
+    trial = Trial(config, data, replica, sync_batchnorm=sync_batchnorm)
     if resume is not None:
-        trial.restore(resume)
+        trial.restore(resume, regroup=regroup)
     while not trial.done():
+        if until_epoch is not None and trial.state.epoch >= until_epoch:
+            return None  # this stage is done; the next continues from its last checkpoint
         epoch = trial.state.epoch
         record = trial.epoch_record(epoch, trial.run_epoch(epoch))
         trial.state.epoch = epoch + 1

@@ -160,18 +160,21 @@ def check_resources(resources: Mapping[str, float], nodes: list[Mapping[str, Any
                       f"start (nodes: {have}); allowed: {allowed}")
 
 
-def check_workers(resources: Mapping[str, float], workers: int, nodes: list[Mapping[str, Any]]) -> None:
+def check_workers(resources: Mapping[str, float], workers: int, nodes: list[Mapping[str, Any]],
+                  key: str = "resources.workers") -> None:
     """The cluster holds all ``workers`` of one data-parallel trial at once (Ray Train
-    starts a trial only when every worker is placed), each worker on one node."""
+    starts a trial, or a stage of one, only when every worker is placed), each worker on
+    one node; ``key`` is the setting that asks for them."""
     if workers == 1:
         return
     cpu, gpu = float(resources.get("cpu", 1)), float(resources.get("gpu", 0))
     places = sum(min(math.floor(n.get("CPU", 0) / cpu + 1e-9),
                      math.floor(n.get("GPU", 0) / gpu + 1e-9) if gpu else math.inf) for n in nodes)
     if places < workers:
-        raise ConfigError(f"resources.workers = {workers}: the Ray cluster can place only {places:g} workers of "
+        name = key.rsplit(".", 1)[-1]
+        raise ConfigError(f"{key} = {workers}: the Ray cluster can place only {places:g} workers of "
                           f"{cpu:g} CPU and {gpu:g} GPU each (nodes: {'; '.join(map(_node_text, nodes))}), so no "
-                          f"trial could ever start; allowed: workers <= {places:g}, or less cpu/gpu per worker")
+                          f"trial could ever start; allowed: {name} <= {places:g}, or less cpu/gpu per worker")
 
 
 def check_device(spec: SearchSpec, resources: Mapping[str, float], nodes: list[Mapping[str, Any]]) -> None:
