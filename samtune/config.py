@@ -39,77 +39,121 @@ class HyperParams(ScheduleParams):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     # what is trained
-    dataset: str = "digits"
-    model: Literal[schema.MODELS] = "small_cnn"
-    init: Literal[schema.INITS] = "default"
-    # the ResNets only: their stem (schema.RESNET_STEMS); unset, each model's own (resnet18:
-    # cifar; resnet50: by image size). cifar_maxpool: Khanh et al.'s ResNet-18
-    resnet_stem: Literal[schema.RESNET_STEMS] | None = None
-    # the paper's ViTs only: stochastic depth, Shifted Patch Tokenization, Locality Self-Attention
-    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
-    vit_spt: bool = False
-    vit_lsa: bool = False
-    seed: int = Field(0, ge=0)
+    dataset: str = Field("digits", description=(
+        "the data set: `digits` (bundled, offline; 797 training and 1000 held-out test images, so that test "
+        "errors of a few percent are tens of mistakes), `cifar10`, `cifar100` (torchvision format under "
+        "`data_dir`), `tiny-imagenet`, `imagenet` (streamed, `data_dir/imagenet/{train,val}/<wnid>/`), "
+        "`imagefolder:PATH` (`train/<class>/*`, `test/<class>/*` or `val/<class>/*`)"))
+    model: Literal[schema.MODELS] = Field("small_cnn", description=(
+        "`small_cnn`, `resnet18` (CIFAR stem), `wrn28_10`, `vit_tiny`, `vit_small` (Harada & Iiduka's ViT-T/S: "
+        "patch 4, dim 192/384, depth 9/12, 12/6 heads, MLP ratio 2, Xavier init), `resnet50`"))
+    init: Literal[schema.INITS] = Field("default", description=(
+        "weight init: `default` (the architecture's own: Kaiming fan-out for torchvision's ResNets and the WRN), "
+        "`pytorch` (every layer's default init, as in code with no init code: Harada & Iiduka's ResNets), "
+        "`kaiming`"))
+    resnet_stem: Literal[schema.RESNET_STEMS] | None = Field(None, description=(
+        "ResNets only: `cifar` (3×3 stride 1), `cifar_maxpool` (the same and a 3×3 stride-2 max-pool: Khanh et "
+        "al.'s ResNet-18), `imagenet`, `auto` (by image size); unset, each model's own (resnet18: cifar; "
+        "resnet50: by image size)"))
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0, description="ViT models only: stochastic depth rate (the paper: 0.1)")
+    vit_spt: bool = Field(False, description="ViT models only: Shifted Patch Tokenization")
+    vit_lsa: bool = Field(False, description="ViT models only: Locality Self-Attention")
+    seed: int = Field(0, ge=0, description=(
+        "the trial's seed: initialization, data order, augmentation and the stochastic measures"))
     # optimizer
-    optimizer: Literal[schema.OPTIMIZERS] = "gsam"
-    base_optimizer: Literal[schema.BASE_OPTIMIZERS] = "sgd"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
-    alpha: float = Field(0.1, ge=0.0)
-    adaptive: bool = False
-    eta: float = Field(0.0, ge=0.0)
-    # when the two-pass update applies (SAM family only): from this fraction of training
-    # on (late SAM, Zhou et al. 2025), and then every sam_every-th step (LookSAM-style);
-    # the other steps are base-optimizer steps on the plain gradient
-    sam_start: float = Field(0.0, ge=0.0, lt=1.0)
-    sam_every: int = Field(1, ge=1)
+    optimizer: Literal[schema.OPTIMIZERS] = Field("gsam", description=(
+        "`sgd`, `sam`, `gsam`, `asam` (SAM with adaptive scaling), `usam` (unnormalized SAM)"))
+    base_optimizer: Literal[schema.BASE_OPTIMIZERS] = Field("sgd", description=(
+        "the optimizer that takes the step: `sgd` (lr, momentum, weight decay) or `adamw` (lr, weight decay; "
+        "torch's betas, momentum unused)"))
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="base optimizer's momentum (sgd)")
+    weight_decay: float = Field(5e-4, ge=0.0, description="base optimizer's weight decay")
+    alpha: float = Field(0.1, ge=0.0, description="GSAM gap coefficient (0 = SAM)")
+    adaptive: bool = Field(False, description="adaptive (ASAM-style) perturbation, scaled by T = |w| + η")
+    eta: float = Field(0.0, ge=0.0, description="η of the adaptive perturbation's scaling T = |w| + η")
+    # when the two-pass update applies (SAM family only)
+    sam_start: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "fraction of training progress (of the epochs, or of the budget spent) from which a SAM-family trial "
+        "takes its two-pass update; earlier steps are base-optimizer steps on the plain gradient (late SAM, "
+        "Zhou et al., ICLR 2025)"))
+    sam_every: int = Field(1, ge=1, description=(
+        "after `sam_start`, steps 0, k, 2k, … take the two-pass update and the rest plain steps (intermittent, "
+        "in LookSAM's spirit without its gradient reuse); a plain step is one gradient evaluation, a two-pass "
+        "step two; a gradient-evaluation budget is spent exactly (a step that would overrun it by one is plain)"))
     # loss and data: the training recipe (Harada's ViT runs: label smoothing 0.1,
     # AutoAugment, RandomErasing 0.25, CutMix or MixUp on half the batches, 3 passes)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    augment: bool = True  # random crop (padding image_size // 8) and horizontal flip
-    autoaugment: bool = False  # AutoAugment, CIFAR-10 policy, per image
-    # whose ops run it (schema.AUTOAUGMENT_POLICIES): torchvision's, or DeepVoltaire's as
-    # Harada's code copies it (gray fill, bicubic shear, rotation one way; RGB sets only)
-    autoaugment_policy: Literal[schema.AUTOAUGMENT_POLICIES] = "torchvision"
-    # the per-channel statistics images are normalized with (schema.NORMALIZATIONS): the
-    # set's own, or a named set (samtune.data.catalogue.NORMALIZATION_STATS); RGB sets held in memory
-    normalization: Literal[schema.NORMALIZATIONS] = "dataset"
-    # where per-image policies (AutoAugment, RandomErasing, Cutout) run: batched on the trial's
-    # device (samtune.data.device_augment, checked against torchvision's ops; no worker
-    # processes to starve the GPU), or image by image in DataLoader worker processes
-    augment_pipeline: Literal[schema.PIPELINES] = "device"
-    random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets a box erased
-    random_erasing_max_area: float = Field(0.4, gt=0.02, le=1.0)  # of the image; the least is 0.02
-    random_erasing_aspect: float = Field(0.3, gt=0.0, le=1.0)  # box aspect in [a, 1/a]
-    # Cutout as Khanh et al. run it: a square set to 0 after normalization, its centre on any
-    # pixel, clipped at the border
-    cutout_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability an image gets the square
-    cutout_size: int = Field(16, ge=1)  # the square's side in pixels
-    cutmix_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is CutMix-ed
-    cutmix_alpha: float = Field(1.0, gt=0.0)  # CutMix's Beta(alpha, alpha) area ratio
-    mixup_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a batch is MixUp-ed
-    mixup_alpha: float = Field(1.0, gt=0.0)  # MixUp's Beta(alpha, alpha) weight
-    epoch_passes: int = Field(1, ge=1)  # passes over the training set per epoch, each freshly augmented
-    # read an image folder from disk every epoch with ImageNet's transforms instead of
-    # holding it in memory (always on for imagenet)
-    streaming: bool = False
-    image_size: int | None = Field(None, ge=8)  # a streamed set's crop size (default 224, ImageNet's)
-    precision: Literal[schema.PRECISIONS] = "fp32"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy")
+    augment: bool = Field(True, description=(
+        "the set's default augmentation: random crop (padding image_size // 8) and horizontal flip for "
+        "CIFAR-like sets, none for digits"))
+    autoaugment: bool = Field(False, description="AutoAugment, CIFAR-10 policy, per image (after crop and flip)")
+    autoaugment_policy: Literal[schema.AUTOAUGMENT_POLICIES] = Field("torchvision", description=(
+        "whose ops run AutoAugment: `torchvision` (black fill, nearest resampling, rotation either way) or "
+        "`deepvoltaire_9d42ce9`: DeepVoltaire's `CIFAR10Policy` as Harada & Iiduka's code copies it (gray fill, "
+        "bicubic shear, rotation counter-clockwise only; RGB sets), equal to Pillow's result pixel for pixel"))
+    normalization: Literal[schema.NORMALIZATIONS] = Field("dataset", description=(
+        "per-channel statistics images are normalized with: the set's own (`dataset`), or `cifar10_kuangliu` "
+        "(mean 0.4914/0.4822/0.4465, std 0.2023/0.1994/0.2010, as Khanh et al.'s code; RGB sets held in memory)"))
+    augment_pipeline: Literal[schema.PIPELINES] = Field("device", description=(
+        "where per-image policies (AutoAugment, RandomErasing, Cutout) run: `device`, batched on the trial's "
+        "device (checked against torchvision's ops; no worker processes to starve the GPU), or `workers`, image "
+        "by image in DataLoader worker processes"))
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "probability an image gets one box erased to the mean pixel"))
+    random_erasing_max_area: float = Field(0.4, gt=0.02, le=1.0, description=(
+        "largest erased box, as a fraction of the image (the least is 0.02)"))
+    random_erasing_aspect: float = Field(0.3, gt=0.0, le=1.0, description=(
+        "erased box aspect ratio in [a, 1/a]"))
+    cutout_prob: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "probability an image gets Cutout: a `cutout_size` square, its centre on any pixel, clipped at the "
+        "border, set to 0 after normalization (Khanh et al.'s `dataloader/cutout.py`)"))
+    cutout_size: int = Field(16, ge=1, description="Cutout's square side in pixels")
+    cutmix_prob: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "probability a batch is CutMix-ed (`cutmix_prob` + `mixup_prob` ≤ 1); the loss is the λ-weighted "
+        "cross-entropy of both labels, label smoothing included; both SAM passes see the same mixed batch"))
+    cutmix_alpha: float = Field(1.0, gt=0.0, description="CutMix's area ratio λ ~ Beta(α, α)")
+    mixup_prob: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "probability a batch not CutMix-ed is MixUp-ed instead"))
+    mixup_alpha: float = Field(1.0, gt=0.0, description="MixUp's weight λ ~ Beta(α, α)")
+    epoch_passes: int = Field(1, ge=1, description=(
+        "passes over the training set per epoch, each with its own permutation and augmentation (Harada's ViT "
+        "runs: 3, their `RASampler`)"))
+    streaming: bool = Field(False, description=(
+        "read an `imagefolder:` set from disk every epoch with ImageNet's transforms instead of holding it in "
+        "memory; always on for `imagenet`"))
+    image_size: int | None = Field(None, ge=8, description="a streamed set's crop size (none: 224, ImageNet's)")
+    precision: Literal[schema.PRECISIONS] = Field("fp32", description="`fp32`, or `bf16` autocast")
     # when training ends besides ``epochs`` (then the most epochs a trial may take):
     # a criterion on the training set, checked after each epoch (every bound given
     # must hold), and a budget spent exactly, over which the lr schedule runs
-    stop_train_loss: float | None = Field(None, gt=0.0)
-    stop_train_error: float | None = Field(None, ge=0.0, lt=1.0)
-    budget: int | None = Field(None, ge=1)
-    budget_unit: Literal[schema.BUDGET_UNITS] = "steps"
+    stop_train_loss: float | None = Field(None, gt=0.0, description=(
+        "training criterion, checked after each epoch on the training examples: stop once the train "
+        "cross-entropy is at or below it (Jiang et al. 2020 use 0.01); adds the final metrics "
+        "`criterion_reached`, `criterion_epoch`, `criterion_steps`, `criterion_samples`"))
+    stop_train_error: float | None = Field(None, ge=0.0, lt=1.0, description=(
+        "training criterion on the train error, as `stop_train_loss` (both given: both must hold)"))
+    budget: int | None = Field(None, ge=1, description=(
+        "stop exactly when `budget` `budget_unit`s are spent; the lr and ρ schedules then run over the budget, "
+        "not over the epochs; refused if `epochs` cannot hold it"))
+    budget_unit: Literal[schema.BUDGET_UNITS] = Field("steps", description=(
+        "what `budget` counts: `steps`, `samples` or `gradient_evaluations` (two per SAM-family step)"))
     # measurement protocol
-    probes: bool = False  # per-epoch theory probes (schema.PROBE_METRICS)
-    probe_examples: int = Field(256, ge=2)  # the fixed probe set: the first training examples
-    probe_batches: int = Field(4, ge=2)  # mini-batches drawn to estimate the direction's deviation
-    train_eval_examples: int = Field(10_000, ge=0)
-    sharpness: tuple[MeasureKey, ...] | None = None
-    sharpness_examples: int = Field(1024, ge=1)
-    sharpness_batch: int = Field(128, ge=1)
+    probes: bool = Field(False, description=(
+        "per-epoch probes of Harada & Iiduka's theory on the first `probe_examples` training examples "
+        "(unaugmented, eval-mode BatchNorm): `probe_sam_grad_sq` = ‖d‖² of the trial's full-batch update "
+        "direction at the epoch's ρ, and `probe_direction_msd` = the mean over `probe_batches` mini-batches of "
+        "‖d_B − d‖²; about 1.5 % of a CIFAR epoch at batch 128"))
+    probe_examples: int = Field(256, ge=2, description="the fixed probe set: the first training examples")
+    probe_batches: int = Field(4, ge=2, description=(
+        "mini-batches of the epoch's batch size (drawn with replacement) that estimate the direction's deviation"))
+    train_eval_examples: int = Field(10_000, ge=0, description=(
+        "train error and loss are measured in eval mode on the first `train_eval_examples` training examples"))
+    sharpness: tuple[MeasureKey, ...] | None = Field(None, description=(
+        "end-of-trial measures, by name (see the measures reference); none: the default measures"))
+    sharpness_examples: int = Field(1024, ge=1, description=(
+        "measures run on the first `sharpness_examples` training examples (all of a smaller set)"))
+    sharpness_batch: int = Field(128, ge=1, description=(
+        "in batches of this size: m of the per-batch (m-sharpness) measures"))
 
     @field_validator("dataset")
     @classmethod
@@ -182,14 +226,15 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    data_dir: str | None = None
-    download: bool = False
-    device: str = "auto"
-    num_threads: int = Field(0, ge=0)
-    eval_batch_size: int = Field(512, ge=1)
-    # worker processes of the per-image pipeline (0: in the trial's process); the
-    # augmentation of each image is seeded by its position, so results do not depend on it
-    loader_workers: int = Field(0, ge=0)
+    data_dir: str | None = Field(None, description="where data sets live (none: `$SAMTUNE_DATA`, else `./data`)")
+    download: bool = Field(False, description="`true` lets torchvision fetch CIFAR")
+    device: str = Field("auto", description="`auto` (a GPU when there is one), `cpu`, `cuda` or `cuda:N`")
+    num_threads: int = Field(0, ge=0, description="torch's CPU threads (0: all)")
+    eval_batch_size: int = Field(512, ge=1, description="batch size of evaluation")
+    loader_workers: int = Field(0, ge=0, description=(
+        "worker processes of the per-image pipeline (used when `autoaugment`, `random_erasing` or "
+        "`cutout_prob` is on; 0: in the trial's process); each image is seeded by its position in the epoch, "
+        "so the number of workers never changes results; a search needs `resources.cpu` ≥ workers + 1"))
 
     @field_validator("device")
     @classmethod

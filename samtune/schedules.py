@@ -305,20 +305,29 @@ class ScheduleParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(0.05, gt=0.0)
-    lr_shape: Literal[schema.LR_SHAPES] = "constant"
-    lr_final: float = Field(0.0, ge=0.0)
-    lr_power: float = Field(1.0, gt=0.0)
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    epochs: int = Field(12, ge=1)
-    batch_size: int = Field(16, ge=1)
-    batch_growth_ratio: float = Field(2.0, ge=1.0)
-    batch_stages: int = Field(4, ge=1)
-    batch_max: int | None = Field(None, ge=1)
-    lr_batch_scaling: Literal[schema.LR_BATCH_SCALINGS] = "none"
-    rho: float = Field(0.05, ge=0.0)
-    rho_min: float = Field(0.0, ge=0.0)
-    rho_schedule: Literal[schema.RHO_SCHEDULES] = "constant"
+    lr: float = Field(0.05, gt=0.0, description="peak learning rate")
+    lr_shape: Literal[schema.LR_SHAPES] = Field("constant", description=(
+        "`constant`, `cosine`, `linear`, `polynomial` (`(1−t)^lr_power`), `exponential`, `step` (×0.2 at "
+        "30/60/80 %), `diminishing` (`lr/(k+1)^lr_power` in epoch k: Khanh et al.'s Diminish 1 with power 1), "
+        "`diminishing_from1` (`lr/max(k,1)^lr_power`: Diminish 2 with power 0.5001), `diminishing_klogk` "
+        "(`lr/(j ln j)`, j = 3 + ⌊(k−1)/5⌋, `lr` in epoch 0: Diminish 3)"))
+    lr_final: float = Field(0.0, ge=0.0, description="end value of the lr shape, and where warmup starts")
+    lr_power: float = Field(1.0, gt=0.0, description="shape power (`polynomial`, `diminishing`, `diminishing_from1`)")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup from `lr_final` to `lr` over these epochs")
+    epochs: int = Field(12, ge=1, description=(
+        "training epochs; with a criterion or a budget, the most a trial may take"))
+    batch_size: int = Field(16, ge=1, description="initial batch size")
+    batch_growth_ratio: float = Field(2.0, ge=1.0, description=(
+        "the epochs are split into `batch_stages` equal stages, the batch multiplied by this ratio per stage"))
+    batch_stages: int = Field(4, ge=1, description="number of equal stages of the growing batch")
+    batch_max: int | None = Field(None, ge=1, description="cap of the growing batch (none: no cap)")
+    lr_batch_scaling: Literal[schema.LR_BATCH_SCALINGS] = Field("none", description=(
+        "`none`, `linear`, `sqrt`: scale lr with batch / initial batch"))
+    rho: float = Field(0.05, ge=0.0, description="SAM's perturbation radius ρ (the largest, under a ρ schedule)")
+    rho_min: float = Field(0.0, ge=0.0, description="the smallest ρ of `lr_proportional` and `diminishing`")
+    rho_schedule: Literal[schema.RHO_SCHEDULES] = Field("constant", description=(
+        "`constant`, `lr_proportional` (GSAM: ρ follows lr between `rho` and `rho_min`), `diminishing` "
+        "(`rho_min + (rho − rho_min)/(k+1)` in epoch k)"))
 
 
 SCHEDULE_KEYS = tuple(ScheduleParams.model_fields)

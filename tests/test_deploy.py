@@ -3,7 +3,8 @@ file's ``mlflow server`` command is the one tests/servers.py runs (and
 tests/test_tracking_servers.py tests against a real PostgreSQL) up to hosts, ports and
 paths; the RayJob manifest is a KubeRay RayJob with a GPU worker group running
 ``samtune search``; the Slurm script parses, and its control flow (head, workers,
-search, stop) runs against stand-ins for srun, scontrol, ray and samtune."""
+search, stop) runs against stand-ins for srun, scontrol, squeue, scancel, ray and samtune.
+tests/test_slurm.py runs the script under a real one-node Slurm."""
 
 import os
 import re
@@ -142,14 +143,27 @@ def test_slurm_script_parses():
 
 
 FAKES = {
-    # srun [options] COMMAND...: run COMMAND here
+    # srun [options] COMMAND...: run COMMAND here; a named step is listed (for squeue) as
+    # JOB.PID NAME, PID being the step's process
     "srun": """
+        args="$*"
+        echo "srun ${args//$'\\n'/ }" >> "$LOG"  # one line, the Ray steps' script included
+        name=
         while [[ $# -gt 0 && $1 == -* ]]; do
-            case $1 in -w|--nodelist) shift 2;; *) shift;; esac
+            case $1 in -w|--nodelist) shift 2;; --job-name=*) name=${1#*=}; shift;; *) shift;; esac
         done
+        [[ -z $name ]] || echo "$SLURM_JOB_ID.$$ $name" >> "$LOG.steps"
         exec "$@"
     """,
     "scontrol": 'printf "%s\\n" node1 node2 node3',
+    # squeue --steps --jobs JOB --format "%i %j": the steps srun listed
+    "squeue": 'cat "$LOG.steps" 2>/dev/null || true',
+    # scancel --signal=SIG JOB.STEP: the signal to that step's process
+    "scancel": """
+        for arg; do case $arg in --signal=*) sig=${arg#*=};; *) id=$arg;; esac; done
+        echo "scancel $sig $id" >> "$LOG"
+        kill -"$sig" "${id#*.}"
+    """,
     "hostname": "echo 127.0.0.1",
     # ray start --block: log, then wait for the signal stop_cluster sends
     "ray": """
@@ -186,7 +200,7 @@ def _run_sbatch(tmp_path, credentials_mode=0o600, **env):
     credentials.chmod(credentials_mode)
     log = tmp_path / "calls.log"
     full_env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "LOG": str(log),
-                "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_CPUS_PER_TASK": "8", "VENV": str(venv),
+                "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_CPUS_PER_TASK": "8", "VENV": str(venv),
                 "CREDENTIALS": str(credentials), "TRACKING_URI": "http://mlflow.example.org:5000",
                 "STORAGE": "/shared/ray_results", **env}
     done = subprocess.run(["bash", str(SBATCH)], env=full_env, capture_output=True, text=True, timeout=120)
@@ -209,6 +223,36 @@ def test_slurm_script_starts_head_then_workers_runs_one_search_and_stops_the_clu
     assert max(calls.index(s) for s in starts) < calls.index(wait) < calls.index(search)
     assert len([c for c in calls if c.startswith("stopped")]) == 3  # each Ray step stopped by the trap
     assert not any("pw-not-on-any-command-line" in c for c in calls)
+    # each Ray step is a named srun step with the node's CPUs and GPUs, `ray start --block` in it
+    ray_steps = [c for c in calls if c.startswith("srun") and "--job-name=ray-" in c]
+    assert len(ray_steps) == 3
+    assert all("--cpus-per-task=8 --gpus-per-task=4 " in c and c.endswith(" --block") for c in ray_steps)
+    # stopped by SIGURG to the step (never SIGTERM to srun, which makes Slurm kill it):
+    # the workers first, then the head, and each step's shell exits 0 (the step COMPLETED)
+    stops = [c for c in calls if c.startswith("scancel")]
+    assert [c.split()[1] for c in stops] == ["URG"] * 3
+    steps = dict(line.split()[::-1] for line in (tmp_path / "calls.log.steps").read_text().splitlines())
+    assert [c.split()[2] for c in stops] == [steps["ray-worker-node3"], steps["ray-worker-node2"], steps["ray-head"]]
+    exits = re.findall(r"^Ray step (\S+) \((42\.\d+)\) exited with (\d+)$", done.stdout, re.M)
+    assert exits == [("ray-worker-node3", steps["ray-worker-node3"], "0"),
+                     ("ray-worker-node2", steps["ray-worker-node2"], "0"), ("ray-head", steps["ray-head"], "0")]
+
+
+def test_slurm_script_takes_the_head_address_gpus_and_ray_options_from_the_environment(tmp_path):
+    """HEAD_IP (a one-machine cluster on 127.0.0.1), no GPUs (--gpus-per-node=0), and
+    RAY_START_ARGS (ports, a temp dir) for every `ray start`."""
+    done, calls = _run_sbatch(tmp_path, HEAD_IP="10.1.2.3", SLURM_GPUS_PER_NODE="0",
+                              RAY_START_ARGS="--ray-client-server-port=1234 --temp-dir=/tmp/r")
+    assert done.returncode == 0, done.stdout + done.stderr
+    first_srun = next(c for c in calls if c.startswith("srun"))
+    assert "--job-name=ray-head" in first_srun  # no `srun hostname` for the head's address
+    starts = [c for c in calls if c.startswith("ray start")]
+    assert "--node-ip-address=10.1.2.3 " in starts[0] and "--num-gpus=0 " in starts[0]
+    assert all("--ray-client-server-port=1234 --temp-dir=/tmp/r --block" in s for s in starts)
+    assert all("--address=10.1.2.3:6379" in s for s in starts[1:])
+    assert not any("--gpus-per-task" in c for c in calls if c.startswith("srun"))
+    search, = [c for c in calls if c.startswith("samtune")]
+    assert "--address 10.1.2.3:6379 " in search
 
 
 def test_slurm_script_resumes_and_refuses_a_readable_credentials_file(tmp_path):

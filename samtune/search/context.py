@@ -16,6 +16,7 @@ from typing import Any
 
 from samtune import schema
 from samtune.data.catalogue import IMAGEFOLDER_PREFIX, data_root, image_folder_path, is_image_folder
+from samtune.search.paths import storage_child
 from samtune.spec import SearchSpec, WorkerLayout, bundle_table
 
 
@@ -93,7 +94,7 @@ def build_context(spec: SearchSpec, *, tracking_uri: str, experiment_id: str, pa
         end_of_trial_keys=end_of_trial, required_keys=tuple(dict.fromkeys(required)),
         equal_budget=spec.budget, layout=spec.layout, population=bool(spec.mutated_keys),
         worker_resources=dict(resources),
-        parallel_storage=f"{ray_path.rstrip('/')}/{PARALLEL_FOLDER}" if ray_path else "",
+        parallel_storage=storage_child(ray_path, PARALLEL_FOLDER) if ray_path else "",
         log_models=spec.keep_models != schema.KEEP_NO_MODELS, searched_keys=spec.searched_keys)
 
 

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from samtune import schema
 from samtune.config import ConfigError
 from samtune.search import preflight
 from samtune.search.context import TrackingCredentials, build_context, hyperparameters
+from samtune.search.paths import storage_child
 from samtune.search.study import StudyStorage, study_storage
 from samtune.spec import SearchSpec, asha_max_t, define_by_run, search_description
 from samtune.tracking.models import keep_best_models
@@ -207,15 +207,6 @@ def _storage_path(storage: str | None) -> str:
     return str(Path(storage or "ray_results").resolve())
 
 
-def _experiment_path(storage_path: str, ray_name: str) -> str:
-    """The Ray experiment folder under the storage path; a URI keeps its query
-    (``s3://bucket/runs?endpoint_override=...``) after the path."""
-    parts = urlsplit(storage_path)
-    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
-        return f"{storage_path.rstrip('/')}/{ray_name}"
-    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{ray_name}"))
-
-
 def _init_ray(target: preflight.RayAddress | None) -> bool:
     """Start a local Ray, or attach to ``target`` (bounded); returns whether this call
     did it (False when Ray was already initialized, as in tests)."""
@@ -299,7 +290,7 @@ def _start(spec: SearchSpec, tracker: Tracker, experiment_id: str, storage_path:
         tags |= {schema.TAG_OPTUNA_STORAGE: study[0].location, schema.TAG_OPTUNA_STUDY: study[1]}
     parent_run_id = tracker.start_search_run(
         experiment_id, run_name=ray_name, spec_yaml=spec.source, search_keys=spec.searched_keys, tags=tags)
-    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, _experiment_path(storage_path, ray_name),
+    return SearchRun(tracker, experiment_id, parent_run_id, ray_name, storage_child(storage_path, ray_name),
                      storage_path, study)
 
 
@@ -322,7 +313,7 @@ def _reopen(spec: SearchSpec, tracker: Tracker, storage: str | None, parent_run_
     storage_path = _storage_path(storage) if storage else tracker.run_tag(parent_run_id, schema.TAG_STORAGE)
     ray_name = tracker.run_tag(parent_run_id, schema.TAG_RAY_NAME)
     storage_path = storage_path or _storage_path(None)
-    path = _experiment_path(storage_path, ray_name or "")
+    path = storage_child(storage_path, ray_name or "")
     if not ray_name or not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"search run {parent_run_id} has no resumable Ray state at {path}; "
                                 f"give the --storage the interrupted search used")

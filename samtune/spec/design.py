@@ -30,9 +30,19 @@ DEFAULT_POINTS = 2
 
 
 class Design(_Section):
-    coupled: bool = False
-    points: int = Field(DEFAULT_POINTS, ge=1, le=16)  # a range's values a neighbour moves to
-    replicates: PositiveInt = 1
+    """An Optuna search designed for the question whether a measure tracks generalization:
+    ``coupled`` also runs each sampled configuration's one-axis neighbours, ``replicates``
+    runs every configuration under several seeds.  ``samples`` then counts groups (a
+    configuration, its neighbours and their replicates); Optuna learns from its own
+    suggestions' first seed only."""
+
+    coupled: bool = Field(False, description=(
+        "also run each sampled configuration's one-axis neighbours (one searched key moved, the seed shared), "
+        "so every searched key gets environment pairs for Ψ and the sign-error"))
+    points: int = Field(DEFAULT_POINTS, ge=1, le=16, description=(
+        "a range's values a neighbour moves to: evenly spaced points, geometric for `loguniform`"))
+    replicates: PositiveInt = Field(1, description=(
+        "run every configuration under the seeds `seed` … `seed + k − 1`: the noise floor of the report"))
 
     @property
     def is_plain(self) -> bool:

@@ -24,8 +24,9 @@ class _Distribution(_Section):
     keys take given values.  ``key`` is the trial parameter it samples."""
 
     kind: ClassVar[str]
-    values: tuple  # the bounds (lo, hi), or the choices; spelled `kind` in YAML
-    when: dict[str, WhenValues] = Field(default_factory=dict)
+    values: tuple = Field(description="the bounds (lo, hi), or the choices; spelled `kind` in YAML")
+    when: dict[str, WhenValues] = Field(default_factory=dict, description=(
+        "sample this key only when each named earlier `choice` key takes one of the given values"))
     _key: str = PrivateAttr("")
 
     @property
@@ -52,7 +53,7 @@ class _Distribution(_Section):
 
 class Uniform(_Distribution):
     kind: ClassVar[str] = "uniform"
-    values: Range = Field(alias=kind)
+    values: Range = Field(alias=kind, description="`[lo, hi]`: a float drawn uniformly")
 
     def suggest(self, trial) -> float:
         return trial.suggest_float(self.key, *self.values)
@@ -60,7 +61,8 @@ class Uniform(_Distribution):
 
 class LogUniform(_Distribution):
     kind: ClassVar[str] = "loguniform"
-    values: Annotated[Range, AfterValidator(_positive)] = Field(alias=kind)
+    values: Annotated[Range, AfterValidator(_positive)] = Field(alias=kind, description=(
+        "`[lo, hi]`, both > 0: a float drawn uniformly on a log scale"))
 
     def suggest(self, trial) -> float:
         return trial.suggest_float(self.key, *self.values, log=True)
@@ -68,7 +70,7 @@ class LogUniform(_Distribution):
 
 class IntUniform(_Distribution):
     kind: ClassVar[str] = "int"
-    values: IntRange = Field(alias=kind)
+    values: IntRange = Field(alias=kind, description="`[lo, hi]`: an integer, both ends included")
 
     def suggest(self, trial) -> int:
         return trial.suggest_int(self.key, *self.values)
@@ -76,7 +78,8 @@ class IntUniform(_Distribution):
 
 class Choice(_Distribution):
     kind: ClassVar[str] = "choice"
-    values: tuple[Categorical, ...] = Field(alias=kind, min_length=1)
+    values: tuple[Categorical, ...] = Field(alias=kind, min_length=1, description=(
+        "`[values]`: numbers, strings, booleans or null"))
 
     def suggest(self, trial) -> Any:
         return trial.suggest_categorical(self.key, list(self.values))

@@ -109,8 +109,10 @@ class EqualBudget(_Section):
     """``equal_budget: {unit: steps, like: {schedule: +B}}``: every grid cell trains for
     the budget the cells matching ``like`` (grid axis -> value) spend in their epochs."""
 
-    unit: Literal[schema.BUDGET_UNITS] = "steps"
-    like: dict[str, Any] = Field(min_length=1)
+    unit: Literal[schema.BUDGET_UNITS] = Field("steps", description=(
+        "`steps`, `samples` or `gradient_evaluations`"))
+    like: dict[str, Any] = Field(min_length=1, description=(
+        "grid axis → value: the cells whose budget every cell gets (e.g. `{schedule: +B}`)"))
 
 
 # -- bundles ---------------------------------------------------------------------------------

@@ -18,8 +18,11 @@ class Objective(_Section):
     """One metric and mode, or two of each for a Pareto search."""
 
     metrics: tuple[Annotated[str, Field(strict=True, min_length=1)], ...] = Field(
-        (DEFAULT_METRIC,), alias="metric", min_length=1, max_length=2)
-    modes: tuple[Mode, ...] = Field((DEFAULT_MODE,), alias="mode")
+        (DEFAULT_METRIC,), alias="metric", min_length=1, max_length=2, description=(
+            "the metric to optimize, or a list of two for a Pareto search: a per-epoch metric, a `final_*` "
+            "metric or `sharpness_<name>` / `norm_<name>` of a configured measure"))
+    modes: tuple[Mode, ...] = Field((DEFAULT_MODE,), alias="mode", description=(
+        "`min` or `max`, one per metric (one mode given applies to every metric)"))
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:

@@ -35,12 +35,18 @@ class Resources(_Section):
     the batch instead: each batch stage runs on as many workers (up to ``max_workers``)
     as keep each worker's share at ``per_worker_batch``."""
 
-    cpu: Annotated[Number, Field(gt=0)] = 1
-    gpu: Annotated[Number, Field(ge=0)] | None = None
-    workers: Annotated[int, Field(strict=True, ge=1)] = 1
-    per_worker_batch: Annotated[int, Field(strict=True, ge=1)] | None = None
-    max_workers: Annotated[int, Field(strict=True, ge=1)] | None = None
-    sync_batchnorm: Annotated[bool, Field(strict=True)] = False
+    cpu: Annotated[Number, Field(gt=0)] = Field(1, description="CPUs per trial (per worker with `workers`)")
+    gpu: Annotated[Number, Field(ge=0)] | None = Field(None, description=(
+        "GPUs per trial (per worker); fractional packs several trials on one GPU; none: one GPU per trial when "
+        "the cluster has GPUs, else none"))
+    workers: Annotated[int, Field(strict=True, ge=1)] = Field(1, description=(
+        "W > 1 makes each trial W data-parallel Ray Train workers, each with `cpu` and `gpu`"))
+    per_worker_batch: Annotated[int, Field(strict=True, ge=1)] | None = Field(None, description=(
+        "instead of `workers`: each batch stage runs on ⌈batch / P⌉ workers (workers that grow with the batch)"))
+    max_workers: Annotated[int, Field(strict=True, ge=1)] | None = Field(None, description=(
+        "with `per_worker_batch`: the most workers a stage gets"))
+    sync_batchnorm: Annotated[bool, Field(strict=True)] = Field(False, description=(
+        "with `workers`: BatchNorm's statistics over the whole global batch"))
 
     @model_validator(mode="after")
     def _one_layout(self) -> Resources:

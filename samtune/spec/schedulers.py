@@ -41,12 +41,17 @@ class Asha(_Section):
     (one per step) with the SAM family (two per step).  ``grace_period`` and ``max_t``
     are in that unit; ``max_t`` defaults to the most a trial could reach."""
 
-    grace_period: PositiveInt = 1
-    reduction_factor: Annotated[int, Field(strict=True, ge=2)] = 2
-    metric: Annotated[str, AfterValidator(_epoch_metric)] = "test_error"
-    mode: Mode = "min"
-    time_attr: Literal[PROGRESS_UNITS] = "epoch"
-    max_t: PositiveInt | None = None
+    grace_period: PositiveInt = Field(1, description="progress (in `time_attr`) before a trial may be stopped")
+    reduction_factor: Annotated[int, Field(strict=True, ge=2)] = Field(2, description=(
+        "1 / the share of trials that go on at each rung"))
+    metric: Annotated[str, AfterValidator(_epoch_metric)] = Field("test_error", description=(
+        "the per-epoch metric trials are compared on"))
+    mode: Mode = Field("min", description="`min` or `max`")
+    time_attr: Literal[PROGRESS_UNITS] = Field("epoch", description=(
+        "the unit of the rungs, `grace_period` and `max_t`: `epoch`, `gradient_evaluations` or `samples_seen` "
+        "(an SGD step costs one gradient evaluation and a SAM-family step two, so only the last two compare "
+        "SGD with SAM at equal compute)"))
+    max_t: PositiveInt | None = Field(None, description="the horizon (none: the most a trial can reach)")
 
 
 class Pbt(_Section):
@@ -57,12 +62,18 @@ class Pbt(_Section):
     ``search``; ``mutate`` defaults to every searched key."""
 
     kind: ClassVar[str] = "pbt"
-    interval: PositiveInt = 2
-    metric: Annotated[str, AfterValidator(_epoch_metric)] = "test_error"
-    mode: Mode = "min"
-    quantile: Annotated[float, Field(gt=0, le=0.5)] = 0.25
-    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
-    mutate: tuple[Literal[schema.PBT_KEYS], ...] | None = None
+    interval: PositiveInt = Field(2, description="epochs between exploit steps")
+    metric: Annotated[str, AfterValidator(_epoch_metric)] = Field("test_error", description=(
+        "the per-epoch metric trials are ranked on"))
+    mode: Mode = Field("min", description="`min` or `max`")
+    quantile: Annotated[float, Field(gt=0, le=0.5)] = Field(0.25, description=(
+        "the bottom share that continues from a top trial's checkpoint (and the top share it copies)"))
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = Field(0.25, description=(
+        "probability a mutated value is resampled from `search` instead of perturbed (×0.8 or ×1.2, or a "
+        "neighbouring choice)"))
+    mutate: tuple[Literal[schema.PBT_KEYS], ...] | None = Field(None, description=(
+        "the keys that change while trials train (none: every searched key among rho, alpha, lr, batch_size, "
+        "weight_decay, momentum)"))
 
 
 class Pb2(Pbt):
@@ -74,9 +85,9 @@ class Pb2(Pbt):
 
 
 class _Scheduler(_Section):
-    asha: Asha | None = None
-    pbt: Pbt | None = None
-    pb2: Pb2 | None = None
+    asha: Asha | None = Field(None, description="ASHA early stopping")
+    pbt: Pbt | None = Field(None, description="population-based training")
+    pb2: Pb2 | None = Field(None, description="PB2: PBT with a Gaussian-process bandit")
 
     @model_validator(mode="before")
     @classmethod

@@ -103,24 +103,44 @@ class SearchSpec(_Section):
 
     _not_in_yaml: ClassVar[frozenset[str]] = frozenset({"source"})
 
-    name: Annotated[str, Field(strict=True), AfterValidator(_experiment_name)]
-    trial: dict[str, Any] = Field(default_factory=dict)
-    search: tuple[Distribution, ...] = ()
-    grid: tuple[GridAxis, ...] = ()
-    objective: Objective = Field(default_factory=Objective)
-    samples: PositiveInt = 16
-    concurrency: PositiveInt = 2
-    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1})
-    scheduler: SchedulerSection | None = None
-    sharpness: tuple[MeasureKey, ...] | None = None
-    seed: NonNegativeInt = 0
-    max_failures: NonNegativeInt = 2
-    # which trials' final models stay in MLflow as logged models
-    keep_models: Annotated[str | int, BeforeValidator(_keep_models)] = schema.KEEP_ALL_MODELS
-    equal_budget: EqualBudget | None = None
-    design: Design = Field(default_factory=Design)
-    until: Until | None = None  # keep launching trials, up to `samples`, until the question is settled
-    source: str = ""
+    name: Annotated[str, Field(strict=True, description="the MLflow experiment (required)"),
+                    AfterValidator(_experiment_name)]
+    trial: dict[str, Any] = Field(default_factory=dict, description=(
+        "fixed values of any trial parameter (see the trial parameters reference)"))
+    search: tuple[Distribution, ...] = Field((), description=(
+        "Optuna distributions, `KEY: {uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`, `{int: [lo, hi]}` or "
+        "`{choice: [...]}`; add `when: {KEY: value or [values]}` to sample a key only when an earlier `choice` "
+        "key takes those values"))
+    grid: tuple[GridAxis, ...] = Field((), description=(
+        "instead of `search`: `KEY: [values]` for every combination; a named axis of bundles "
+        "(`schedule: {constant: {...}, +B: {...}}`) sets several parameters per value"))
+    objective: Objective = Field(default_factory=Objective, description=(
+        "`{metric: NAME, mode: min|max}`; or `{metric: [A, B], mode: [min, min]}` for a Pareto search "
+        "(Optuna NSGA-II), e.g. test error × sharpness"))
+    samples: PositiveInt = Field(16, description=(
+        "Optuna trials (default 16); for a grid, repeats of the grid (default 1); under `design`, groups"))
+    concurrency: PositiveInt = Field(2, description="trials at once")
+    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1}, description=(
+        "per trial: CPUs, GPUs and data-parallel workers (the `resources` section below)"))
+    scheduler: SchedulerSection | None = Field(None, description=(
+        "`none`, or one of `{asha: {...}}` (early stopping), `{pbt: {...}}` or `{pb2: {...}}` "
+        "(population-based training)"))
+    sharpness: tuple[MeasureKey, ...] | None = Field(None, description=(
+        "measures computed at the end of each trial (sets `trial.sharpness`)"))
+    seed: NonNegativeInt = Field(0, description=(
+        "seed of the sampler, and the trials' seed unless given in `trial` or searched"))
+    max_failures: NonNegativeInt = Field(2, description="retries of a failed trial from its last checkpoint")
+    keep_models: Annotated[str | int, BeforeValidator(_keep_models)] = Field(schema.KEEP_ALL_MODELS, description=(
+        "which trials' final models stay in MLflow: `all`, `none` (no model is logged: huge models), or an "
+        "integer k (the best k by the objective; the others' logged models are deleted when the search ends, "
+        "and `mlflow gc` frees their files)"))
+    equal_budget: EqualBudget | None = Field(None, description=(
+        "with a `grid`: every cell gets the budget the cells matching `like` spend in their epochs"))
+    design: Design = Field(default_factory=Design, description=(
+        "an Optuna search designed for the sharpness question: coupled one-axis neighbours, seed replicates"))
+    until: Until | None = Field(None, description=(
+        "keep launching trials, up to the cap `samples`, until a question is settled"))
+    source: str = Field("", description="the YAML text as given, for the record (not a YAML key)")
     _budget: int | None = PrivateAttr(None)
 
     @classmethod

@@ -22,12 +22,19 @@ _TAU_LIMIT = 1 - 1e-9  # atanh is infinite at ±1
 
 
 class Until(_Section):
-    measure: str = Field(min_length=1)
-    target: str = "final_test_error"
-    ci_width: float | None = Field(None, gt=0, le=2)
-    excludes_zero: bool = False
-    level: float = Field(0.95, gt=0.5, lt=1)
-    min_trials: int = Field(8, ge=5)
+    """Keep launching trials, at most ``samples``, until Kendall's τ of ``measure`` against
+    ``target`` over the completed trials is settled: its interval (Fisher's z with
+    Fieller's variance 0.437 / (n − 4)) at most ``ci_width`` wide, or excluding 0.  Looked
+    at after every completed trial, so an early "excludes 0" is likelier than the level
+    says: read it as a stopping rule, not a test."""
+
+    measure: str = Field(min_length=1, description="the measure's metric, e.g. `sharpness_harada` (required)")
+    target: str = Field("final_test_error", description="the metric the measure should track")
+    ci_width: float | None = Field(None, gt=0, le=2, description=(
+        "settled once Kendall τ's interval is at most this wide (give this or `excludes_zero`)"))
+    excludes_zero: bool = Field(False, description="settled once Kendall τ's interval excludes 0")
+    level: float = Field(0.95, gt=0.5, lt=1, description="the interval's level")
+    min_trials: int = Field(8, ge=5, description="completed trials before the question is first looked at")
 
     @model_validator(mode="after")
     def _one_question(self) -> Until:
