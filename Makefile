@@ -43,6 +43,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/python benchmarks/gpu_acceptance.py  # on the GPU, into benchmarks/RESULTS.md (no GPU: the CPU smoke run)
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/sharpness.py

@@ -1,16 +1,23 @@
 """Hessian measures against Hessians computed independently (numpy closed forms,
 torch.autograd.functional.hessian + eigvalsh)."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from samtune import sharpness
+from samtune.sharpness import _hvp
+from samtune.sharpness._hessian_bn import affine_batchnorm
 from samtune.sharpness._hvp import HessianProducts
 from samtune.sharpness._lanczos import lanczos
 from samtune.sharpness._surface import loss_surface
 from samtune.sharpness.hessian import control_variate_mean
+
+ROUTES = ["double_backward", "forward_over_reverse", "auto"]
 
 
 def mse(outputs, targets):
@@ -161,8 +168,9 @@ def test_lanczos_returns_largest_algebraic_eigenvalue_and_bounds_its_error():
     assert (diagonal - run.theta).abs().min().item() <= run.residual
 
 
+@pytest.mark.parametrize("hvp", ROUTES)
 @pytest.mark.parametrize("cache_graphs", [True, False])
-def test_hessian_vector_products_match_the_full_hessian_with_batchnorm(cache_graphs):
+def test_hessian_vector_products_match_the_full_hessian_with_batchnorm(cache_graphs, hvp):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
     model(torch.randn(16, 3, dtype=torch.float64))  # non-trivial running statistics
@@ -180,7 +188,7 @@ def test_hessian_vector_products_match_the_full_hessian_with_batchnorm(cache_gra
     hessian = torch.autograd.functional.hessian(loss, w0)
     batches = [(x[:6], y[:6]), (x[6:], y[6:])]
     with loss_surface(model, nn.functional.cross_entropy, batches) as surface:
-        products = HessianProducts(surface, cache_graphs=cache_graphs)
+        products = HessianProducts(surface, cache_graphs=cache_graphs, hvp=hvp)
         v = torch.randn(surface.dim, dtype=torch.float64)
         assert torch.allclose(products.hvp(v), hessian @ v, rtol=1e-10, atol=1e-12)
         assert torch.allclose(products.hvp(2 * v), 2 * hessian @ v, rtol=1e-10, atol=1e-12)
@@ -221,7 +229,8 @@ def test_hessian_trace_is_reproducible_and_seeded_locally():
 
 
 @pytest.mark.parametrize("kwargs, key", [({"iters": 0}, "iters"), ({"tol": -1.0}, "tol"),
-                                         ({"cache_graphs": "yes"}, "cache_graphs")])
+                                         ({"cache_graphs": "yes"}, "cache_graphs"),
+                                         ({"hvp": "reverse"}, "hvp"), ({"stop": "change"}, "stop")])
 def test_bad_lanczos_settings_are_refused(kwargs, key):
     x, y = regression_data(n=10)
     with pytest.raises(ValueError, match=key):
@@ -232,3 +241,150 @@ def test_trace_needs_two_samples_for_a_standard_error():
     x, y = regression_data(n=10)
     with pytest.raises(ValueError, match="samples"):
         sharpness.hessian_trace(linear_model(5), mse, [(x, y)], samples=1)
+
+
+# -- a small CNN with BatchNorm: both product routes, both stopping rules ------------
+
+
+class TinyCNN(nn.Module):
+    """conv(1→2, 3×3) − BN − ReLU − 2×2 max-pool − linear(8→3) on 4×4 images: 53
+    parameters, every layer kind of the digits CNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(F.max_pool2d(torch.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+
+@functools.cache
+def tiny_cnn_case(dtype):
+    """(model, x, y, exact float64 Hessian), made once per dtype; tests only read them."""
+    model, x, y = tiny_cnn_setup(dtype)
+    return model, x, y, tiny_cnn_hessian(model, x, y)
+
+
+def tiny_cnn_setup(dtype):
+    torch.manual_seed(0)
+    model = TinyCNN().to(dtype)
+    model(torch.randn(32, 1, 4, 4, dtype=dtype))  # train mode: running statistics move
+    model.eval()
+    x, y = torch.randn(24, 1, 4, 4, dtype=dtype), torch.randint(0, 3, (24,))
+    return model, x, y
+
+
+def tiny_cnn_hessian(model, x, y):
+    """The exact Hessian in float64, the network written with torch.nn.functional and
+    eval-mode ``F.batch_norm`` (not the affine form the products use)."""
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+    x = x.double()
+    mean, var, eps = model.bn.running_mean.double(), model.bn.running_var.double(), model.bn.eps
+
+    def loss(w):
+        cw, cb, gamma, beta, hw, hb = torch.split(w, [18, 2, 2, 2, 24, 3])
+        h = F.conv2d(x, cw.view(2, 1, 3, 3), cb, padding=1)
+        h = F.batch_norm(h, mean, var, gamma, beta, False, 0.0, eps)
+        h = F.max_pool2d(torch.relu(h), 2).flatten(1)
+        return F.cross_entropy(h @ hw.view(3, 8).T + hb, y)
+
+    return torch.autograd.functional.hessian(loss, w0)
+
+
+@pytest.mark.parametrize("hvp", ROUTES)
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_both_routes_give_the_exact_hessian_product_of_a_cnn(hvp, dtype, rtol):
+    model, x, y, hessian = tiny_cnn_case(dtype)  # the Hessian in float64 whatever ``dtype``
+    with loss_surface(model, F.cross_entropy, [(x[:10], y[:10]), (x[10:], y[10:])]) as surface:
+        products = HessianProducts(surface, cache_graphs=False, hvp=hvp)
+        v = torch.randn(surface.dim, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        exact = hessian @ v.double()
+        for product in (products.hvp(v), products.batch_operator(0)(v)):
+            assert product.dtype == dtype
+        error = torch.linalg.vector_norm(products.hvp(v).double() - exact)
+        assert error <= rtol * torch.linalg.vector_norm(exact)
+
+
+@pytest.mark.parametrize("hvp", ["double_backward", "forward_over_reverse"])
+@pytest.mark.parametrize("stop", ["residual", "error"])
+def test_cnn_max_eigenvalue_matches_eigvalsh(hvp, stop):
+    model, x, y, hessian = tiny_cnn_case(torch.float64)
+    truth = torch.linalg.eigvalsh(hessian).max().item()
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    # tight: the value to 1e-9 relative, whichever route and rule
+    tight = sharpness.hessian_max_eigenvalue(model, F.cross_entropy, batches, tol=1e-10,
+                                             stop=stop, hvp=hvp)
+    assert tight.value == pytest.approx(truth, rel=1e-9)
+    # the default tolerance 1e-3: the relative error is below it under either rule, and
+    # the residual bounds the distance to an eigenvalue
+    loose = sharpness.hessian_max_eigenvalue(model, F.cross_entropy, batches, stop=stop,
+                                             hvp=hvp)
+    assert abs(loose.value - truth) <= 1e-3 * truth
+    assert abs(loose.value - truth) <= loose.residual
+
+
+def test_error_rule_stops_earlier_and_its_estimate_covers_the_error():
+    eigenvalues = torch.tensor([10.0, 7.0, 5.0, *np.linspace(0.0, 3.0, 47)], dtype=torch.float64)
+    start = torch.ones(50, dtype=torch.float64)
+    matvec = lambda v: eigenvalues * v  # noqa: E731
+    for tol in (1e-2, 1e-4, 1e-8):
+        by_error = lanczos(matvec, start, iters=50, tol=tol, stop="error")
+        by_residual = lanczos(matvec, start, iters=50, tol=tol)
+        error = 10.0 - by_error.theta
+        assert 0.0 <= error <= by_error.error_estimate <= tol * by_error.theta
+        assert by_error.steps < by_residual.steps
+        assert abs(10.0 - by_residual.theta) <= by_residual.residual
+
+
+def test_affine_batchnorm_computes_eval_batchnorm_and_is_undone():
+    torch.manual_seed(0)
+    layers = [(nn.BatchNorm1d(3), (5, 3)), (nn.BatchNorm1d(3, affine=False), (5, 3, 4)),
+              (nn.BatchNorm2d(3), (5, 3, 4, 4)), (nn.BatchNorm3d(3), (5, 3, 2, 2, 2))]
+    for layer, shape in layers:
+        layer(torch.randn(*shape) * 3 + 1)  # running statistics away from 0 and 1
+        if layer.affine:
+            nn.init.normal_(layer.weight)
+            nn.init.normal_(layer.bias)
+        layer.eval()
+        x = torch.randn(*shape)
+        expected = layer(x)
+        with affine_batchnorm(layer):
+            assert "forward" in vars(layer)
+            assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+        assert "forward" not in vars(layer)
+    training = nn.BatchNorm1d(3)  # batch statistics: not an affine map, left alone
+    with pytest.raises(RuntimeError, match="inside"), affine_batchnorm(training):
+        assert "forward" not in vars(training)
+        raise RuntimeError("inside")
+    assert "forward" not in vars(training)
+
+
+def test_auto_times_the_routes_only_where_each_product_rebuilds_its_graph():
+    model, x, y, _ = tiny_cnn_case(torch.float64)
+    _hvp._COSTS.clear()
+    with loss_surface(model, F.cross_entropy, [(x, y)]) as surface:
+        kept = HessianProducts(surface)  # one batch: its graph is kept
+        assert kept.keeps_graphs and kept.mode(reused=True) == "double_backward"
+        kept.hvp(torch.ones(surface.dim, dtype=torch.float64))
+        assert not _hvp._COSTS
+        rebuilt = HessianProducts(surface, cache_graphs=False)
+        assert rebuilt.mode(reused=False) in ("double_backward", "forward_over_reverse")
+        assert len(_hvp._COSTS) == 1
+        costs = next(iter(_hvp._COSTS.values()))
+        assert costs.build > 0 and costs.double_backward > 0 and costs.forward_over_reverse > 0
+        HessianProducts(surface, cache_graphs=False).mode(reused=False)
+        assert len(_hvp._COSTS) == 1  # once per architecture and batch shape
+
+
+def test_trace_is_the_same_by_either_route():
+    model, x, y, _ = tiny_cnn_case(torch.float64)
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    settings = [("double_backward", True), ("double_backward", False),
+                ("forward_over_reverse", None)]
+    values = [sharpness.hessian_trace(model, F.cross_entropy, batches, samples=5, deflation=3,
+                                      hvp=hvp, cache_graphs=cache) for hvp, cache in settings]
+    for other in values[1:]:
+        assert other.value == pytest.approx(values[0].value, rel=1e-10)
+        assert other.stderr == pytest.approx(values[0].stderr, rel=1e-8)

@@ -46,7 +46,9 @@ class Replica:
         """Element-wise sum over workers of a few numbers (one collective)."""
         if not self.distributed:
             return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
+        # NCCL reduces only tensors on the GPU; gloo, those on the CPU
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return tensor.tolist()
 
