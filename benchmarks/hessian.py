@@ -302,7 +302,7 @@ def eig_table(reps: list[dict], tol: float) -> None:
         ratio = [run["seconds"] / py["seconds"] for run, py in zip(runs, py_runs)]
         print(f"| {label} | {statistics.median(hvps):g} ({min(hvps)}–{max(hvps)}) | "
               f"{statistics.median(errors):.1e} ({max(errors):.1e}) | "
-              f"{as_good}/{len(runs)} | "
+              f"{'—' if key == 'pyhessian_eig' else f'{as_good}/{len(runs)}'} | "
               f"{statistics.median(run['residual'] for run in runs):.1e} | "
               f"{statistics.median(run['seconds'] for run in runs):.3f} | "
               f"{'—' if key == 'pyhessian_eig' else spread(ratio)} |")
