@@ -1,11 +1,12 @@
 """samtune's Hessian measures against PyHessian at equal accuracy, in one run.
 
 The model is the digits small CNN after ``--train-steps`` SGD steps (train mode,
-batch 64, lr 0.1), measured in eval mode on the first ``--examples`` training
-images; every repetition runs each of the timed calls below once, in an order
-shuffled per repetition, so load from other processes falls on all of them alike.
-Ratios are samtune ÷ PyHessian within a repetition; their median and range are
-reported.
+batch 64, lr 0.1), measured in eval mode on the first ``--examples`` digits images
+(``--n-batches`` batches). Every repetition (its own seed) runs three blocks in a
+shuffled order, λ_max, trace and product costs; a block runs its calls forwards
+and then backwards (PyHessian, samtune…, samtune…, PyHessian), so load from other
+processes falls on both libraries alike. Ratios are samtune ÷ PyHessian within a
+repetition; their median, IQR and range are reported.
 
 λ_max. The reference λ* is samtune's Lanczos in float64 to a relative residual of
 1e-10 (untimed); accuracy is the relative error ``|λ − λ*| / λ*``, and the relative

@@ -4,9 +4,9 @@ In eval mode ``BN(x) = (x − μ) / √(σ² + ε) · γ + β`` with running sta
 an affine map of ``x`` with scale ``s = γ / √(σ² + ε)`` and shift ``β − μ s``.
 PyTorch still runs it through ``native_batch_norm``, whose double backward is the
 general training-mode formula. Written as ``x · s + (β − μ s)`` the same function's
-second derivatives are a few elementwise products: 10–20 % off each Hessian-vector
-product of the digits CNN (``benchmarks/hessian.py``). The value and every
-derivative are the same up to float rounding.
+second derivatives are a few elementwise products: 5–20 % off each Hessian-vector
+product of the digits CNN, depending on the run (``benchmarks/hessian.py``). The
+value and every derivative are the same up to float rounding.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@
   forward-over-reverse adds a primal forward and backward to every product, so where a
   stored graph serves many products (kept graphs, or many probes per batch) double
   backward is the cheaper by one gradient per product (digits CNN, 128 images, 2 CPU
-  cores: 22 ms against 45 ms, the graph 15 ms). Where every product would rebuild its graph the two
+  cores, fastest of 24: 24 ms against 50 ms, the graph 15 ms). Where every product would rebuild its graph the two
   cost about the same and which wins depends on the kernels: ``auto`` then times both
   once per architecture, batch shape, device and dtype in the process and keeps the
   faster (:func:`product_costs`).
