@@ -19,13 +19,7 @@ from samtune.trial.loop import loss_function
 MEAN, STD = CATALOGUE["cifar100"].mean, CATALOGUE["cifar100"].std
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Per-image work is single-threaded; intra-op threads only contend on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n, size=32, channels=3, seed=0):

@@ -27,12 +27,7 @@ SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "khanh2024_ci
 THEIR_MEAN, THEIR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- their code, transcribed ---------------------------------------------------------------
