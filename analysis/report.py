@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import definitions, embed, figures, interactive, noise_floor, probes, schema
+from analysis import definitions, embed, figures, interactive, noise_floor, pbt, probes, schema
 from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, TrainingFit, exclusion_phrases
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
@@ -173,12 +173,15 @@ def _training_curves(out: Path, usable: pd.DataFrame, history: pd.DataFrame) -> 
 
 def _search_view(out: Path, table: TrialTable, usable: pd.DataFrame, history: pd.DataFrame,
                  axes: Sequence[str], measures: Sequence[str], options: FitOptions) -> SearchView:
-    """The search's own sections (importance, parallel coordinates, Pareto front), then the
-    theory probes."""
+    """The search's own sections (importance, parallel coordinates, Pareto front), the
+    schedules of a population-based search, then the theory probes."""
     view = build_search_view(usable, tracking_uri=table.tracking_uri, declared=table.declared_search_keys,
                              axes=axes, measures=measures, out=out, seed=options.seed, save=_save)
+    population = pbt.pbt_view(usable, tracking_uri=table.tracking_uri, out=out, save=_save)
     probe = probes.probes_section(usable, history, tracking_uri=table.tracking_uri, out=out, save=_save)
-    return SearchView((*view.sections, probe), (*view.figures, *probe.figures), view.tables, view.methods)
+    return SearchView((*view.sections, *population.sections, probe),
+                      (*view.figures, *population.figures, *probe.figures),
+                      {**view.tables, **population.tables}, (*view.methods, *population.methods))
 
 
 def _write_tables(out: Path, table: TrialTable, usable: pd.DataFrame, results: FitResults,

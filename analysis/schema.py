@@ -67,6 +67,12 @@ SEARCH_DISTRIBUTIONS = _samtune.SEARCH_DISTRIBUTIONS
 DEFAULT_OBJECTIVE = _samtune.DEFAULT_OBJECTIVE
 # per-epoch theory probes (trial key ``probes``)
 PROBE_METRICS = _samtune.PROBE_METRICS
+# population-based training (scheduler pbt / pb2): the keys it may change while a trial
+# trains, and each trial's schedule.csv (per epoch: the values its final weights trained
+# on, inherited ones included, and the trial whose run trained that epoch)
+PBT_KEYS = _samtune.PBT_KEYS
+ARTIFACT_SCHEDULE = _samtune.ARTIFACT_SCHEDULE
+EPOCH = _samtune.EPOCH
 
 # the replicate index: trials that differ only in it are repeats, not a searched axis
 SEED = "seed"

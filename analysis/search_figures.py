@@ -1,5 +1,6 @@
 """Figures of the search itself: parallel coordinates over the searched keys, the
-Pareto front of a two-metric objective, and the theory probes per epoch.
+Pareto front of a two-metric objective, the theory probes per epoch, and the schedules
+population-based training found.
 
 Like :mod:`analysis.figures` they build a ``matplotlib.figure.Figure`` without
 pyplot and never save it.
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from analysis import schema
 from analysis.figures import group_colors
-from analysis.ticks import compact
+from analysis.ticks import compact, log_ticks
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -143,3 +145,64 @@ def _probe_axes(ax, wide: pd.DataFrame, x_name: str, y_name: str) -> None:
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("epoch" if x_name == "step" else x_name)
     ax.set_ylabel(y_name)
+
+
+# a positive key whose values span more than this ratio gets a log axis in the schedules
+SCHEDULE_LOG_RATIO = 10.0
+BEST_COLOR, OTHER_COLOR = "tab:red", "0.6"
+
+
+def pbt_schedules(schedules: pd.DataFrame, *, keys: Sequence[str], best: str | None,
+                  best_label: str = "best trial") -> Figure:
+    """One panel per evolved key against the epoch, one step line per trial: ``schedules``
+    is long (``run_id, epoch`` and the keys, one row per trial and epoch); the run ``best``
+    is drawn bold in color and labelled ``best_label``, the others thin and grey."""
+    ncols = 2 if len(keys) == 4 else min(len(keys), 3)   # four panels as 2 × 2, not 3 + 1
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    runs = dict(tuple(schedules.groupby(schema.RUN_ID, sort=False)))
+    for ax, key in zip(axes, keys):
+        for run_id, run in runs.items():
+            if run_id != best:
+                _schedule_steps(ax, run, key, color=OTHER_COLOR, lw=0.9, alpha=0.8)
+        if best in runs:  # last, so no grey line hides it
+            _schedule_steps(ax, runs[best], key, color=BEST_COLOR, lw=2.4, label=best_label, zorder=3)
+        _schedule_axes(ax, pd.to_numeric(schedules[key], errors="coerce").to_numpy(float), key)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    others = len(runs) - (best in runs)
+    handles = [Line2D([], [], color=BEST_COLOR, lw=2.4, label=best_label)] if best in runs else []
+    handles.append(Line2D([], [], color=OTHER_COLOR, lw=0.9, label=f"other trials ({others})"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small", frameon=False)
+    fig.suptitle("Schedules found by population-based training: values trained on, per epoch")
+    return fig
+
+
+def _schedule_steps(ax, run: pd.DataFrame, key: str, **style) -> None:
+    """Epoch e trains from e − 1 to e: one stair per epoch at the value it trained with."""
+    run = run[[schema.EPOCH, key]].apply(pd.to_numeric, errors="coerce").dropna().sort_values(schema.EPOCH)
+    if run.empty:
+        return
+    epochs = run[schema.EPOCH].to_numpy(float)
+    ax.stairs(run[key].to_numpy(float), np.concatenate([[epochs[0] - 1], epochs]), baseline=None, **style)
+
+
+def _schedule_axes(ax, values: np.ndarray, key: str) -> None:
+    """Batch size on a log2 axis labelled at powers of 2; another positive key spanning
+    more than SCHEDULE_LOG_RATIO on a log axis; short tick labels either way."""
+    from matplotlib import ticker
+
+    finite = values[np.isfinite(values)]
+    if key == "batch_size" and finite.size and finite.min() > 0:
+        ax.set_yscale("log", base=2)
+        low, high = np.floor(np.log2(finite.min())), np.ceil(np.log2(finite.max()))
+        ax.yaxis.set_major_locator(ticker.FixedLocator([2.0 ** k for k in np.arange(low, high + 1)]))
+    elif wide_positive(finite, SCHEDULE_LOG_RATIO):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.FixedLocator(log_ticks(float(finite.min()), float(finite.max()))))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: compact(value)))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)

@@ -1,6 +1,6 @@
 """A search run's ``search.yaml`` as the report reads it: the distribution each
-searched key had, and the objective.  The one reader of that artifact in
-``analysis``.
+searched key had, the objective, and the trial scheduler.  The one reader of that
+artifact in ``analysis``.
 
 Lenient: a spec logged by hand or by an older samtune still gives what it holds (a
 distribution of a kind it does not know is ``unknown``, no objective is None, and
@@ -48,12 +48,7 @@ DEFAULT_OBJECTIVE = Objective((schema.DEFAULT_OBJECTIVE[0],), (schema.DEFAULT_OB
 def parse_spec(text: str) -> tuple[dict[str, str], Objective | None]:
     """Each searched key's distribution kind and the objective from a ``search.yaml``
     (None when it names no objective: the spec's default applies)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise UnreadableSpec(str(error)) from error
+    data = _load(text)
     if not isinstance(data, Mapping):
         return {}, None
     kinds = {}
@@ -71,12 +66,37 @@ def parse_spec(text: str) -> tuple[dict[str, str], Objective | None]:
     return kinds, Objective(tuple(map(str, metrics)), tuple(map(str, modes)))
 
 
-def read_spec(client, run_id: str) -> tuple[dict[str, str], Objective | None] | None:
-    """:func:`parse_spec` of the ``search.yaml`` of search run ``run_id``; None when the
-    run has none (an older search run, or one logged by hand)."""
+def _load(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UnreadableSpec(str(error)) from error
+
+
+def parse_scheduler(text: str) -> str:
+    """The trial scheduler a ``search.yaml`` names (``asha``, ``pbt``, ``pb2``…), or
+    ``none``: its ``scheduler`` is ``none``, absent, or one section ``{<name>: {...}}``."""
+    data = _load(text)
+    value = data.get("scheduler") if isinstance(data, Mapping) else None
+    if isinstance(value, Mapping):
+        return str(next(iter(value), "none"))
+    return "none" if value is None else str(value)
+
+
+def spec_text(client, run_id: str) -> str | None:
+    """The ``search.yaml`` of search run ``run_id``; None when the run has none (an older
+    search run, or one logged by hand)."""
     with tempfile.TemporaryDirectory() as folder:
         try:
-            text = Path(client.download_artifacts(run_id, schema.ARTIFACT_SEARCH_SPEC, folder)).read_text()
+            return Path(client.download_artifacts(run_id, schema.ARTIFACT_SEARCH_SPEC, folder)).read_text()
         except Exception:  # a search run without the artifact (older, or logged by hand)
             return None
-    return parse_spec(text)
+
+
+def read_spec(client, run_id: str) -> tuple[dict[str, str], Objective | None] | None:
+    """:func:`parse_spec` of the ``search.yaml`` of search run ``run_id``; None when the
+    run has none."""
+    text = spec_text(client, run_id)
+    return None if text is None else parse_spec(text)

@@ -30,8 +30,10 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
 
 
-_SOURCE_HELP = ("a trial's MLflow run id (from samtune train or any search), a models:/ URI, or a model.pt or "
-                "Ray checkpoint file")
+_SELECTOR_HELP = ("EXPERIMENT:key=value[,key=value...] (the one trial of the experiment's latest search with "
+                  "those params)")
+_SOURCE_HELP = ("a trial's MLflow run id (from samtune train or any search), a trial selector " + _SELECTOR_HELP
+                + ", a models:/ URI, or a model.pt or Ray checkpoint file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("spaces", help="list the bundled search spaces, one line each")
 
     p = sub.add_parser("replay", help="train one trial again on the schedule a PBT search found for it")
-    p.add_argument("run_id", metavar="RUN", help="a trial's MLflow run id or models:/ URI (a PBT trial's "
-                   "lineage.json gives its schedule)")
+    p.add_argument("run_id", metavar="RUN", help="a trial's MLflow run id, trial selector " + _SELECTOR_HELP
+                   + " or models:/ URI (a PBT trial's lineage.json gives its schedule)")
     _add_device(p)
     _add_tracking(p)
 
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="a trial as YAML (runnable with samtune train --config), its final metrics "
                        "and where its model is")
-    p.add_argument("source", metavar="RUN", help="a trial's MLflow run id or models:/ URI")
+    p.add_argument("source", metavar="RUN", help="a trial's MLflow run id, trial selector " + _SELECTOR_HELP
+                   + " or models:/ URI")
     _add_tracking(p)
 
     p = sub.add_parser("best", help="a search's best trial by the search's objective")

@@ -32,7 +32,7 @@ def missing():
 
 
 @pytest.mark.parametrize("kind", ["trial keys", "spec keys", "measures", "metrics", "cli arguments",
-                                  "cli commands", "api"])
+                                  "cli commands", "api", "modules"])
 def test_everything_has_a_description(missing, kind):
     assert missing[kind] == [], f"{kind} without a description: {missing[kind]}"
 
@@ -106,3 +106,24 @@ def test_site_builds_strict(tmp_path):
     assert "sharpness_batch" in trial_page and "GSAM gap coefficient" in trial_page
     assert (site / "how-to" / "pbt" / "index.html").is_file()
     assert not (site / "gen_reference.py").exists()
+
+
+def test_code_layout_lists_every_module_on_its_floor():
+    page = gen.PAGES["reference/code-layout.md"]()
+    modules = gen.code_modules()
+    assert {"samtune.search.parallel", "samtune.search.preflight", "analysis.report"} <= set(modules)
+    assert all(f"| `{name}` |" in page for name in modules)
+    floors = gen.room_floors(modules)
+    assert floors["samtune.schema"] == 0 and floors["samtune.cli"] == max(floors.values())
+    assert floors["analysis"] == floors["samtune.schema"] + 1  # it uses samtune.schema and nothing else
+
+
+def test_readme_is_short_and_its_links_resolve():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links into the documentation"
+    assert [t for t in local if not (ROOT / t).exists()] == []

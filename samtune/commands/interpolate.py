@@ -12,7 +12,7 @@ import pandas as pd
 from samtune import schema
 from samtune.checks import ConfigError
 from samtune.commands.sharpness import load_saved_model, saved_trial
-from samtune.commands.sources import MODELS_SCHEME, run_of
+from samtune.commands.sources import MODELS_SCHEME, parse_selector, run_of
 from samtune.data.trial_data import whole_split
 from samtune.sharpness.interpolation import (
     DEFAULT_POINTS,
@@ -47,9 +47,12 @@ def evaluation_batches(trial: Trial, examples: int | None) -> tuple[list[Batch],
 
 
 def source_label(source: str) -> str:
-    """A short name for a source: a file's name, a model's or run's id's first characters."""
+    """A short name for a source: a file's name, a trial selector's ``key=value,...``, a
+    model's or run's id's first characters."""
     if Path(source).exists():
         return Path(source).name
+    if (selector := parse_selector(source)) is not None:
+        return ",".join(f"{key}={value}" for key, value in selector.pairs)
     return source.removeprefix(MODELS_SCHEME).strip("/").replace("/", "-")[:10]
 
 
@@ -75,8 +78,10 @@ def interpolate_runs(sources: tuple[str, str], *, points: int = DEFAULT_POINTS,
               "train_examples": str(sum(len(y) for _, y in train_batches)),
               "test_examples": str(sum(len(y) for _, y in test_batches))}
     tracker = Tracker(tracking_uri)
+    # the tag joins the two with a comma: a trial selector (which holds commas) is recorded as its run
+    recorded = tuple(run_of(s, tracker) if not Path(s).exists() and parse_selector(s) else s for s in sources)
     # a checkpoint file belongs to no experiment: record it where samtune train records
     experiment_id = (tracker.ensure_experiment(schema.DEFAULT_EXPERIMENT_TRAIN) if Path(sources[0]).exists()
-                     else tracker.run_experiment_id(run_of(sources[0], tracker)))
-    run_id = tracker.record_interpolation(experiment_id, sources, frame, params=params, files=files)
+                     else tracker.run_experiment_id(run_of(recorded[0], tracker)))
+    run_id = tracker.record_interpolation(experiment_id, recorded, frame, params=params, files=files)
     return frame, run_id
