@@ -204,7 +204,7 @@ def cmd_sharpness(args) -> int:
 def cmd_interpolate(args) -> int:
     from samtune.commands import interpolate
 
-    sources = (args.run_a, args.run_b)
+    sources = interpolate.resolved_sources((args.run_a, args.run_b), args.tracking_uri)
     out = Path(args.out or Path("interpolations") / "-".join(map(interpolate.source_label, sources)))
     frame, run_id = interpolate.interpolate_runs(
         sources, points=args.points, lo=args.range[0], hi=args.range[1], examples=args.examples,

@@ -185,15 +185,15 @@ def test_show_prints_the_selected_trial_and_refuses_an_ambiguous_one(store, caps
 
 def test_interpolate_between_two_selected_trials(store, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)
-    assert source_label(GSAM_2) == "optimizer=gsam,batch_growth_ratio=2,seed=0" != source_label(GSAM_1)
+    runs = store["runs"]
+    first, second = runs[("gsam", 2.0, 0)], runs[("gsam", 1.0, 0)]
     assert main(["interpolate", GSAM_2, GSAM_1, "--points", "3", "--examples", "16", "--device", "cpu",
                  "--tracking-uri", store["uri"]]) == 0
-    out = tmp_path / "interpolations" / f"{source_label(GSAM_2)}-{source_label(GSAM_1)}"
+    out = tmp_path / "interpolations" / f"{source_label(first)}-{source_label(second)}"  # named by the runs
     frame = pd.read_csv(out / schema.ARTIFACT_INTERPOLATION_CSV)
     assert list(frame.a) == [-1.0, 0.0, 0.5, 1.0, 2.0]
     assert frame.train_loss.iloc[1] != frame.train_loss.iloc[3]  # two different models
     run_id = capsys.readouterr().out.rsplit("MLflow run ", 1)[1].strip()
     tags = store["tracker"].client.get_run(run_id).data.tags
-    runs = store["runs"]
     # the tag names the two runs (a selector's commas would break its "<run>,<run>")
-    assert tags[schema.TAG_INTERPOLATED_RUNS] == f"{runs[('gsam', 2.0, 0)]},{runs[('gsam', 1.0, 0)]}"
+    assert tags[schema.TAG_INTERPOLATED_RUNS] == f"{first},{second}"

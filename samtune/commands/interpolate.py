@@ -46,13 +46,23 @@ def evaluation_batches(trial: Trial, examples: int | None) -> tuple[list[Batch],
     return whole_split(*data.first_examples(n), size).batches, list(test.batches)
 
 
+def resolved_sources(sources: tuple[str, str], tracking_uri: str | None) -> tuple[str, str]:
+    """The sources with each trial selector replaced by the run id it names, so that labels,
+    the output folder and the recorded tag name runs (a selector's commas would break the
+    tag's ``<run>,<run>``)."""
+    def resolved(source: str) -> str:
+        if Path(source).exists() or parse_selector(source) is None:
+            return source
+        return run_of(source, Tracker(tracking_uri))
+
+    first, second = map(resolved, sources)
+    return first, second
+
+
 def source_label(source: str) -> str:
-    """A short name for a source: a file's name, a trial selector's ``key=value,...``, a
-    model's or run's id's first characters."""
+    """A short name for a source: a file's name, a model's or run's id's first characters."""
     if Path(source).exists():
         return Path(source).name
-    if (selector := parse_selector(source)) is not None:
-        return ",".join(f"{key}={value}" for key, value in selector.pairs)
     return source.removeprefix(MODELS_SCHEME).strip("/").replace("/", "-")[:10]
 
 
@@ -64,6 +74,7 @@ def interpolate_runs(sources: tuple[str, str], *, points: int = DEFAULT_POINTS,
     written to ``out`` and recorded as an MLflow run in the first run's experiment;
     returns (curve, MLflow run id). Mistakes are refused before anything is recorded."""
     alphas = grid(points, lo, hi)
+    sources = resolved_sources(sources, tracking_uri)
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise ConfigError(f"examples = {examples!r}: allowed an integer >= 1")
     (config, first), (other, second) = (load_saved_model(s, tracking_uri, device) for s in sources)
@@ -78,10 +89,8 @@ def interpolate_runs(sources: tuple[str, str], *, points: int = DEFAULT_POINTS,
               "train_examples": str(sum(len(y) for _, y in train_batches)),
               "test_examples": str(sum(len(y) for _, y in test_batches))}
     tracker = Tracker(tracking_uri)
-    # the tag joins the two with a comma: a trial selector (which holds commas) is recorded as its run
-    recorded = tuple(run_of(s, tracker) if not Path(s).exists() and parse_selector(s) else s for s in sources)
     # a checkpoint file belongs to no experiment: record it where samtune train records
     experiment_id = (tracker.ensure_experiment(schema.DEFAULT_EXPERIMENT_TRAIN) if Path(sources[0]).exists()
-                     else tracker.run_experiment_id(run_of(recorded[0], tracker)))
-    run_id = tracker.record_interpolation(experiment_id, recorded, frame, params=params, files=files)
+                     else tracker.run_experiment_id(run_of(sources[0], tracker)))
+    run_id = tracker.record_interpolation(experiment_id, sources, frame, params=params, files=files)
     return frame, run_id
