@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import definitions, embed, figures, interactive, noise_floor, pbt, probes, schema
+from analysis import definitions, embed, figures, group_figure, interactive, noise_floor, pbt, probes, schema
 from analysis.criterion import DEFAULT_MAX_TRAIN_ERROR, TrainingFit, exclusion_phrases
 from analysis.errors import NotEnoughTrials
 from analysis.fits import FitOptions, FitResults, fit_all
@@ -80,6 +80,7 @@ def build_report(experiment: str, *, tracking_uri: str | None = None, search_run
     figure_refs["search"] = list(search.figures)
     compute = [c for c in schema.COMPUTE if c in usable and usable[c].notna().any()]
     groups = group_table(usable, grouping, values=[targets[0], *compute, *measures])
+    figure_refs["groups"] = _groups_figure(out, usable, groups, grouping, targets[0], measures)
     csvs = _write_tables(out, table, usable, results, groups, history, search.tables)
 
     inputs = SummaryInputs(experiment, search_run_id, len(usable), table.exclusion_kinds(), axes,
@@ -169,6 +170,17 @@ def _training_curves(out: Path, usable: pd.DataFrame, history: pd.DataFrame) -> 
                      plot=interactive.training_curves(history, trials=usable, labels=labels),
                      plot_caption="Per-epoch test and train error, batch size and learning rate of every trial, "
                                   "colored by group")
+
+
+def _groups_figure(out: Path, usable: pd.DataFrame, groups: pd.DataFrame, grouping: Grouping,
+                   target: str, measures: Sequence[str]) -> list[FigureRef]:
+    """The group table as a picture, figures/groups.png; none for a single group, which
+    the table alone says all about."""
+    if len(groups) < 2:
+        return []
+    drawn = group_figure.groups_figure(usable, groups=groups, grouping=grouping, target=target, measures=measures)
+    _save(drawn, out / group_figure.PNG)
+    return [FigureRef(group_figure.caption(target, measures, grouping), group_figure.PNG)]
 
 
 def _search_view(out: Path, table: TrialTable, usable: pd.DataFrame, history: pd.DataFrame,
@@ -291,7 +303,8 @@ def _sections(table: TrialTable, axes: Sequence[str], results: FitResults, group
                        + (" Budgets differ across the trials, so the budget is a cell column."
                           if set(grouping.columns) & {schema.BUDGET, schema.BUDGET_UNIT} else ""),)
     sections.append(Section("Groups", group_text,
-                            table=groups_display(groups, grouping, [targets[0], *measures], compute)))
+                            table=groups_display(groups, grouping, [targets[0], *measures], compute),
+                            figures=tuple(refs.get("groups", ()))))
     if refs["curves"]:
         sections.append(Section("Training curves", figures=tuple(refs["curves"])))
     if search is not None:

@@ -232,9 +232,11 @@ class RunSettings(BaseModel):
     num_threads: int = Field(0, ge=0, description="torch's CPU threads (0: all)")
     eval_batch_size: int = Field(512, ge=1, description="batch size of evaluation")
     loader_workers: int = Field(0, ge=0, description=(
-        "worker processes of the per-image pipeline (used when `autoaugment`, `random_erasing` or "
-        "`cutout_prob` is on; 0: in the trial's process); each image is seeded by its position in the epoch, "
-        "so the number of workers never changes results; a search needs `resources.cpu` ≥ workers + 1"))
+        "loader processes (0: the trial's own process): for a set held in memory, they run the per-image "
+        "policies (`autoaugment`, `random_erasing`, `cutout_prob`) and only under `augment_pipeline: workers`; "
+        "for a streamed set (`imagenet`, `imagefolder:` with `streaming: true`) they read and decode the "
+        "images of both splits, per data-parallel worker.  Each image is seeded by its position in the epoch, "
+        "so their number never changes results; a search needs `resources.cpu` ≥ `loader_workers` + 1"))
 
     @field_validator("device")
     @classmethod
