@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"samtune {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `samtune show RUN | head`: the reader left, which is no error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is silent too
+        return 1
 
 
 # -- train ----------------------------------------------------------------------

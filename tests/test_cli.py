@@ -36,6 +36,20 @@ def _flags(parser: argparse.ArgumentParser):
             yield action.option_strings[-1], action.help
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`samtune spaces | head -1`: the pipe closes before samtune writes."""
+    import subprocess
+    import sys
+
+    spaces = "from samtune.cli import main; raise SystemExit(main(['spaces']))"
+    process = subprocess.Popen([sys.executable, "-c", spaces], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    process.stdout.close()  # the reader is gone before the first line
+    _, err = process.communicate(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert process.returncode == 1
+
+
 def test_every_flag_says_what_it_does():
     undocumented = [flag for flag, help_ in _flags(build_parser()) if not help_]
     assert not undocumented, undocumented

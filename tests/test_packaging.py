@@ -72,3 +72,14 @@ def test_wheel_ships_the_bundled_spaces(tmp_path):
     done = _dry_run('[], ["harada2024_cifar10_resnet18.yaml"]', elsewhere, **env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "name: samtune-default" in done.stdout and "9 grid points" in done.stdout
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None, reason="not a git checkout")
+def test_runs_from_a_checkout_are_tagged_with_its_commit():
+    from samtune import schema
+    from samtune.tracking import provenance
+
+    provenance.code_version.cache_clear()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert provenance.code_version()[schema.TAG_GIT_COMMIT].removesuffix("-dirty") == head

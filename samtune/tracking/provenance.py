@@ -18,7 +18,7 @@ def code_version() -> dict[str, str]:
     """The package version and, when samtune runs from a git checkout, the commit
     (with ``-dirty`` when tracked files differ from it)."""
     tags = {schema.TAG_VERSION: __version__}
-    commit = _git_commit(Path(__file__).resolve().parent.parent)
+    commit = _git_commit(Path(__file__).resolve().parents[2])  # samtune/tracking/ -> the checkout
     if commit:
         tags[schema.TAG_GIT_COMMIT] = commit
     return tags
