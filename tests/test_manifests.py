@@ -243,8 +243,8 @@ def test_rayjob_entrypoint_and_image_cmd_are_samtune_commands_the_image_installs
     assert (ROOT / "search_spaces" / f"{args.space}.yaml").is_file() and "search_spaces" in image["copied"]
 
 
-def test_rayjob_containers_run_the_image_the_readme_builds_at_the_package_version():
-    readme = (DEPLOY / "README.md").read_text()
+def test_rayjob_containers_run_the_image_the_how_to_builds_at_the_package_version():
+    readme = (ROOT / "docs" / "how-to" / "kuberay.md").read_text()
     built = re.search(r"docker build -f deploy/ray\.Dockerfile -t (\S+) \.", readme).group(1)
     assert built in RAY_DOCKERFILE.read_text()  # the Dockerfile's own build line agrees
     cluster = _rayjob()["spec"]["rayClusterSpec"]

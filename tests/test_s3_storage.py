@@ -1,5 +1,5 @@
 """``samtune search --storage s3://...`` against a real S3 protocol: moto's standalone
-server on 127.0.0.1 in MinIO's place (tests/servers.py), reached as README tells users
+server on 127.0.0.1 in MinIO's place (tests/servers.py), reached as docs/how-to/ray-cluster.md tells users
 (the AWS keys in the environment, the endpoint in the storage URI), with the MLflow
 server of deploy/compose.yaml proxying its artifacts into a bucket of the same server.
 A search is interrupted (Ctrl-C) after its first trial's first epoch, then resumed with
@@ -84,7 +84,7 @@ def test_search_on_s3_storage_interrupted_then_resumed(tmp_path, monkeypatch):
         ready_s = time.monotonic() - started
         space = tmp_path / "space.yaml"
         space.write_text(yaml.safe_dump(SPACE))
-        # README, "Running on a Ray cluster": S3 keys from AWS_*, the endpoint in the URI
+        # docs/how-to/ray-cluster.md: S3 keys from AWS_*, the endpoint in the URI
         storage = f"s3://{RAY_BUCKET}/ray_results?endpoint_override={s3.endpoint}&scheme=http"
         credentials = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": server.users[USER]}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}

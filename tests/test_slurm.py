@@ -1,7 +1,7 @@
 """deploy/samtune-search.sbatch under a real Slurm: a one-node cluster on this machine
 (munged, slurmctld and slurmd from Debian's slurm-wlm and munge, all on 127.0.0.1, in a
 temporary folder, started and stopped by PID; tests/servers.py), the script submitted
-with ``sbatch`` as deploy/README.md shows, against the PostgreSQL-backed MLflow server
+with ``sbatch`` as docs/how-to/slurm.md shows, against the PostgreSQL-backed MLflow server
 of deploy/compose.yaml with credentials from a mode-600 file.  The job starts its Ray
 head in an ``srun`` step, runs a two-trial digits search, stops the step, and ends
 COMPLETED, its Ray step too; nothing it started is left running."""
@@ -62,7 +62,7 @@ def _running(pids) -> list[int]:
 
 
 def _submit(root: Path, cluster, server, submitted: list[str]) -> tuple[str, Path]:
-    """``sbatch`` the script with the settings deploy/README.md gives for a one-machine
+    """``sbatch`` the script with the settings docs/how-to/slurm.md gives for a one-machine
     cluster on 127.0.0.1; returns the job id and its output file."""
     credentials = root / "mlflow.env"
     credentials.write_text(f"MLFLOW_TRACKING_USERNAME={USER}\nMLFLOW_TRACKING_PASSWORD={server.users[USER]}\n")
