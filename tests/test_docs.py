@@ -127,3 +127,13 @@ def test_readme_is_short_and_its_links_resolve():
     local = [t for t in targets if "://" not in t]
     assert local, "the README links into the documentation"
     assert [t for t in local if not (ROOT / t).exists()] == []
+
+
+def test_datasets_page_lists_every_set_and_how_to_get_it():
+    from samtune.data.catalogue import CATALOGUE
+
+    page = gen.PAGES["reference/datasets.md"]()
+    for name, entry in CATALOGUE.items():
+        assert f"| `{name}` |" in page
+        assert all(f"`{file}`" in page for file in entry.files)
+    assert "tiny-imagenet-200.zip" in page  # a set without a download says where to get it
