@@ -148,6 +148,19 @@ def test_plain_style_keeps_one_line_per_finished_trial():
     assert stream.take() == ""
 
 
+def test_a_restored_search_counts_the_trials_finished_before_it_in_the_best():
+    """After --resume no completion event comes for the trials that finished before the
+    interruption; the best so far is still theirs when it is better."""
+    callback, clock, stream = progress(total=3)
+    earlier = trial("a_00000", status="TERMINATED", last_result={"test_error": 0.022})
+    worse, running = trial("b_00001", last_result={"test_error": 0.899}), trial("c_00002")
+    trials = [earlier, worse, running]
+    start(callback, clock, [worse, running], at=0.0)  # Tune restores the search: the callback starts afresh
+    clock.now = 5.0
+    callback.on_trial_complete(0, trials, worse)
+    assert stream.take() == "[     5s] trials finished 2/3, running 1; best test_error = 0.0220 (a_00000)\n"
+
+
 def test_epochs_before_the_first_result_and_nan_errors():
     callback, clock, stream = progress()
     a, b = trial("a_00000", config={"epochs": 5}), trial("b_00001")

@@ -183,9 +183,7 @@ class SearchProgress(tune.Callback):
         self._last_refresh = now
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        value = (trial.last_result or {}).get(self.metric)
-        if value is not None and not math.isnan(value) and self._better(value):
-            self.best, self.best_trial = value, trial.trial_id
+        self._consider(trial)
         self._ended(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -222,6 +220,12 @@ class SearchProgress(tune.Callback):
         return [t.trial_id for t in trials
                 if t.status == "RUNNING" and t.trial_id not in self.ended and t.trial_id in self.running]
 
+    def _consider(self, trial) -> None:
+        """Take a finished trial's objective into the best so far."""
+        value = (trial.last_result or {}).get(self.metric)
+        if value is not None and not math.isnan(value) and self._better(value):
+            self.best, self.best_trial = value, trial.trial_id
+
     def _better(self, value: float) -> bool:
         return self.best is None or (value < self.best if self.mode == "min" else value > self.best)
 
@@ -239,6 +243,8 @@ class SearchProgress(tune.Callback):
         """The search's state: the end-of-trial line, and the first line of the live
         block (worded differently, as it sits right under an end-of-trial line)."""
         done = len(self.ended | {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")})
+        for finished in (t for t in trials if t.status == "TERMINATED"):
+            self._consider(finished)  # those of a restored search finished before it: no event comes for them
         best = "-" if self.best is None else f"{self.best:.4f} ({self.best_trial})"
         stamp = f"[{self._now() - self.started:6.0f}s]"
         if live:
