@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_trials import log_completed_trial
 from scipy import stats
 
 from analysis.definitions import split_measures, split_paragraph
@@ -39,19 +39,6 @@ def _harada_settings(m: int) -> dict[str, str]:
             "sharpness.harada.precision": "fp32",
             "sharpness.keskar.rho": "0.001", "sharpness.keskar.n_examples": "1024",
             "sharpness.keskar.precision": "fp32"}
-
-
-def _log_trial(client, experiment_id, parent, trial_id, params, metrics):
-    from mlflow.entities import Metric, Param
-
-    tags = {"samtune.kind": "trial", "samtune.trial_id": trial_id, "samtune.status": "completed",
-            "mlflow.parentRunId": parent}
-    run_id = client.create_run(experiment_id, run_name=trial_id, tags=tags).info.run_id
-    stamp = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()])
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +70,7 @@ def store(tmp_path_factory, store_in):
             params = {"dataset": "digits", "model": "small_cnn", "optimizer": "sam", "rho": rho,
                       "seed": seed, "sharpness_batch": m, "sharpness_examples": 1024, "device": "cpu",
                       **_harada_settings(m)}
-            run_id = _log_trial(client, experiment_id, parent, f"m{m}-rho{rho}-s{seed}", params, metrics)
+            run_id = log_completed_trial(client, experiment_id, parent, f"m{m}-rho{rho}-s{seed}", params, metrics)
             planted.append({"run_id": run_id, "m": m, "rho": rho, "seed": seed, **metrics})
         client.set_terminated(parent, "FINISHED")
     return {"uri": uri, "planted": pd.DataFrame(planted), "root": root}

@@ -9,7 +9,6 @@ Groups section, and leaving it out when all trials are one group.
 from __future__ import annotations
 
 import re
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -19,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
+from mlflow_trials import log_completed_trial
 
 from analysis.group_figure import MAX_PANELS, MEANS_GID, PNG, TRIALS_GID, caption, groups_figure
 from analysis.tables import Grouping, choose_grouping, group_table, with_schedule
@@ -140,17 +140,6 @@ def test_log_axis_only_for_a_wide_positive_measure(drawn):
 
 # ---------------------------------------------------------------- in the report
 
-def _log_trial(client, experiment_id, parent, trial_id, params, final):
-    from mlflow.entities import Metric, Param
-
-    tags = {"samtune.kind": "trial", "samtune.trial_id": trial_id, "samtune.status": "completed",
-            "mlflow.parentRunId": parent}
-    run_id = client.create_run(experiment_id, run_name=trial_id, tags=tags).info.run_id
-    stamp = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in final.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()])
-    client.set_terminated(run_id, "FINISHED")
-
 
 def _experiment(client, root, name, cells):
     """One search of ``cells``: (optimizer, batch_growth_ratio, rho, seed) per trial."""
@@ -163,7 +152,7 @@ def _experiment(client, root, name, cells):
                   "rho": rho, "seed": seed}
         final = {TARGET: rng.uniform(0.1, 0.3), "final_train_error": 0.05, "final_train_loss": rng.uniform(0.01, 0.1),
                  "sharpness_planted": rng.uniform(1, 5)}
-        _log_trial(client, experiment_id, parent, f"t{i}", params, final)
+        log_completed_trial(client, experiment_id, parent, f"t{i}", params, final)
     client.set_terminated(parent, "FINISHED")
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_trials import log_completed_trial
 
 from analysis import schema, search_figures
 from analysis.pbt import PNG, TITLE, evolved_keys, schedule_ranges
@@ -71,21 +71,6 @@ def _final(test_error):
             "sharpness_harada": 1.0 + 10 * test_error}
 
 
-def _log_trial(client, experiment_id, parent, trial_id, params, final, schedule=None):
-    from mlflow.entities import Metric, Param
-
-    tags = {"samtune.kind": "trial", "samtune.trial_id": trial_id, "samtune.status": "completed",
-            "mlflow.parentRunId": parent}
-    run_id = client.create_run(experiment_id, run_name=trial_id, tags=tags).info.run_id
-    stamp = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in final.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()])
-    if schedule is not None:
-        client.log_text(run_id, schedule, schema.ARTIFACT_SCHEDULE)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
 def _search(client, root, name, spec):
     experiment = client.create_experiment(name, artifact_location=(root / f"art-{name}").as_uri())
     parent = client.create_run(experiment, run_name="search", tags={
@@ -101,8 +86,8 @@ def _population(client, root, name, spec):
     for trial_id, (segments, test_error) in POPULATION.items():
         first = segments[-1][2] if segments else V1   # a trial's params: where it started
         params = {**first, "seed": 0, "optimizer": "gsam"}
-        _log_trial(client, experiment, parent, trial_id, params, _final(test_error),
-                   _schedule(segments) if segments else None)
+        log_completed_trial(client, experiment, parent, trial_id, params, _final(test_error),
+                            _schedule(segments) if segments else None)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +100,8 @@ def store(tmp_path_factory, store_in):
     for name, spec in ((GRID, GRID_SPEC), (OPTUNA, OPTUNA_SPEC)):
         experiment, parent = _search(client, root, name, spec)
         for i, rho in enumerate((0.01, 0.05, 0.1)):
-            _log_trial(client, experiment, parent, f"g{i}", {**V1, "rho": rho, "seed": 0}, _final(0.1 + 0.1 * i))
+            log_completed_trial(client, experiment, parent, f"g{i}", {**V1, "rho": rho, "seed": 0},
+                                _final(0.1 + 0.1 * i))
     return uri
 
 
